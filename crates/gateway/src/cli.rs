@@ -1,0 +1,71 @@
+//! Command line: `portcullis [--config FILE]`, `portcullis check-config FILE`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis::config::Config;
+
+/// The Portcullis OpenID Connect gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    /// Configuration file (TOML). Keys can be overridden by PORTCULLIS_<SECTION>__<KEY>.
+    #[arg(long, short, global = true, env = "PORTCULLIS_CONFIG", default_value = "portcullis.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a configuration file and exit; names the key and the problem on error.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+impl Cli {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        match self.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                let config = load(&self.config)?;
+                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+                runtime.block_on(crate::server::run(config))
+            }
+            Command::CheckConfig { file } => {
+                let config = load(&file)?;
+                println!(
+                    "{}: ok ({} route{}, {:?} store, issuer {})",
+                    file.display(),
+                    config.routes.len(),
+                    if config.routes.len() == 1 { "" } else { "s" },
+                    config.session.store,
+                    config.oidc.issuer
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    if !path.exists() {
+        anyhow::bail!("configuration file {} not found (pass --config FILE)", path.display());
+    }
+    Config::load(path).with_context(|| format!("invalid configuration in {}", path.display()))
+}
+
+/// Logs to stderr; `PORTCULLIS_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
+pub(crate) fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("PORTCULLIS_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

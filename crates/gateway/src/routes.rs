@@ -1,0 +1,78 @@
+//! The route table: path prefix → upstream, and what unauthenticated requests get there.
+
+use std::sync::Arc;
+
+use portcullis::config::{RouteConfig, Unauthenticated};
+use url::Url;
+
+/// One route, as the proxy uses it.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) prefix: String,
+    pub(crate) upstream: Url,
+    pub(crate) unauthenticated: Unauthenticated,
+}
+
+/// Routes ordered longest prefix first, so the first match is the most specific.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub(crate) fn new(config: &[RouteConfig]) -> Self {
+        let mut routes: Vec<Arc<Route>> = config
+            .iter()
+            .map(|r| Arc::new(Route { prefix: r.prefix.clone(), upstream: r.upstream.clone(), unauthenticated: r.unauthenticated }))
+            .collect();
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Self { routes }
+    }
+
+    /// The route for `path`: prefixes match whole segments, so `/api` matches `/api` and
+    /// `/api/x` but not `/apix`.
+    pub(crate) fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| matches(&r.prefix, path))
+    }
+}
+
+fn matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let route = |prefix: &str, upstream: &str| RouteConfig { prefix: prefix.into(), upstream: upstream.parse().unwrap(), unauthenticated: Unauthenticated::Login };
+        RouteTable::new(&[route("/", "http://root"), route("/api", "http://api"), route("/api/public/", "http://public")])
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries() {
+        let t = table();
+        let cases = [
+            ("/", "http://root/"),
+            ("/index.html", "http://root/"),
+            ("/api", "http://api/"),
+            ("/api/", "http://api/"),
+            ("/api/users", "http://api/"),
+            ("/apix", "http://root/"),
+            ("/api/public/x", "http://public/"),
+            ("/api/public", "http://api/"),
+        ];
+        for (path, upstream) in cases {
+            assert_eq!(t.lookup(path).unwrap().upstream.as_str(), upstream, "{path}");
+        }
+    }
+
+    #[test]
+    fn no_catch_all_means_no_match() {
+        let t = RouteTable::new(&[RouteConfig { prefix: "/app".into(), upstream: "http://a".parse().unwrap(), unauthenticated: Unauthenticated::Deny }]);
+        assert!(t.lookup("/other").is_none());
+    }
+}

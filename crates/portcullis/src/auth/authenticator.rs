@@ -1,0 +1,162 @@
+//! The Authenticator: from a request's headers to a live session, refreshing on the way.
+
+use std::{sync::Arc, time::Duration};
+
+use http::HeaderMap;
+use url::Url;
+
+use super::{
+    CookieSettings, Failure, ProviderHandle, RequestKind,
+    refresh::{RefreshError, Refresher},
+    stats::{RefreshSnapshot, RefreshStats},
+};
+use crate::{
+    config::{Config, RefreshConfig},
+    crypto::MacKey,
+    session::{CookieCodec, Freshness, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
+};
+
+/// A request's live session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Store key (safe to log).
+    pub key: SessionKey,
+    /// The record, with tokens fresh enough to forward.
+    pub record: Arc<SessionRecord>,
+}
+
+/// Why a request could not be authenticated. Never means "log out": see [`AuthError::failure`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// The session store did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The token needed refreshing and the refresh failed for a reason that may pass.
+    #[error(transparent)]
+    Refresh(RefreshError),
+}
+
+impl AuthError {
+    /// The response for this error: always a 503, the session kept.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Store(_) => Failure::unavailable("session_store_unavailable", "The session store is not answering. Your session is kept; please retry shortly."),
+            Self::Refresh(RefreshError::TimedOut(_)) => Failure::unavailable("refresh_timeout", "Renewing your access took too long. Your session is kept; please retry shortly."),
+            Self::Refresh(_) => Failure::unavailable("identity_provider_unavailable", "The identity provider is not answering, and your access needs renewing. Your session is kept; please retry shortly."),
+        }
+    }
+}
+
+/// Turns cookies into sessions; shared by the auth layer and the `/oauth2/*` endpoints.
+#[derive(Clone)]
+pub struct Authenticator(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) codec: CookieCodec,
+    /// Keys the login-binding cookie: a different key from the session cookie's MAC.
+    pub(crate) login_mac: MacKey,
+    pub(crate) cookies: CookieSettings,
+    pub(crate) provider: ProviderHandle,
+    pub(crate) refresher: Refresher,
+    pub(crate) stats: Arc<RefreshStats>,
+    pub(crate) public_url: Url,
+    pub(crate) login_timeout: Duration,
+    pub(crate) refresh: RefreshConfig,
+}
+
+impl Authenticator {
+    /// An authenticator over `store`, talking to the OP through `provider`.
+    pub fn new(config: &Config, store: Arc<dyn SessionStore>, provider: ProviderHandle) -> Self {
+        let secret = config.session.secret.as_deref().unwrap_or_default().as_bytes();
+        let stats = Arc::new(RefreshStats::default());
+        Self(Arc::new(Inner {
+            refresher: Refresher::new(store.clone(), provider.clone(), config.refresh.max_wait, stats.clone()),
+            store,
+            codec: CookieCodec::new(secret),
+            login_mac: MacKey::derive(secret, "portcullis/login-binding/v1"),
+            cookies: CookieSettings::new(&config.session.cookie_name, config.secure_cookies(), config.session.absolute_timeout),
+            provider,
+            stats,
+            public_url: config.public_url.clone(),
+            login_timeout: config.session.login_timeout,
+            refresh: config.refresh.clone(),
+        }))
+    }
+
+    /// Cookie names and attributes.
+    pub fn cookies(&self) -> &CookieSettings {
+        &self.0.cookies
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.0.store
+    }
+
+    /// The OP handle.
+    pub fn provider(&self) -> &ProviderHandle {
+        &self.0.provider
+    }
+
+    /// Refresh counters.
+    pub fn refresh_stats(&self) -> RefreshSnapshot {
+        self.0.stats.snapshot()
+    }
+
+    /// Whether the request carries a session cookie signed by this gateway (live or not).
+    pub fn has_session_cookie(&self, headers: &HeaderMap) -> bool {
+        super::cookies::find(headers, &self.0.cookies.session_name).and_then(|v| self.0.codec.decode(v)).is_some()
+    }
+
+    /// The request's session with a forwardable access token, `None` when there is no session
+    /// (no cookie, a forged one, expired, or ended by the OP), or an error that must not end it.
+    ///
+    /// Hot path: one store read, no JWT parsing. A token inside the refresh leeway is refreshed
+    /// in the background and the current one forwarded; an expired one waits for the refresh.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Session>, AuthError> {
+        let inner = &self.0;
+        let Some(value) = super::cookies::find(headers, &inner.cookies.session_name) else { return Ok(None) };
+        let Some(id) = inner.codec.decode(value) else {
+            tracing::info!("session cookie rejected: malformed or not signed by this gateway");
+            return Ok(None);
+        };
+        let key = id.key();
+        let Some(record) = inner.store.load(&key).await? else { return Ok(None) };
+        match record.tokens.freshness(now_millis(), inner.refresh.leeway_fraction, inner.refresh.leeway_max) {
+            Freshness::Fresh => Ok(Some(Session { key, record })),
+            Freshness::DueSoon if record.tokens.refresh_token.is_some() => {
+                inner.refresher.refresh_in_background(&key, record.clone());
+                Ok(Some(Session { key, record }))
+            }
+            Freshness::DueSoon => Ok(Some(Session { key, record })),
+            Freshness::Expired if record.tokens.refresh_token.is_none() => {
+                // Nothing to refresh with: the session is over when its token is.
+                let _ = inner.store.delete(&key).await;
+                Ok(None)
+            }
+            Freshness::Expired => match inner.refresher.refresh(&key, record).await {
+                Ok(record) => Ok(Some(Session { key, record })),
+                Err(RefreshError::SessionEnded) => Ok(None),
+                Err(RefreshError::Store(e)) => Err(AuthError::Store(e)),
+                Err(e) => Err(AuthError::Refresh(e)),
+            },
+        }
+    }
+
+    /// The 401/302 for a request without a session, per `kind`. `return_to` is where the
+    /// browser lands after logging in.
+    pub async fn login_required(&self, kind: RequestKind, return_to: &str) -> axum::response::Response {
+        match kind {
+            RequestKind::Navigation => self.begin_login(return_to).await,
+            RequestKind::Api => Failure::unauthenticated(Some(self.login_url(return_to))).respond(kind),
+        }
+    }
+
+    /// `<public_url>/oauth2/start?rd=<return_to>`.
+    pub fn login_url(&self, return_to: &str) -> String {
+        let mut url = self.0.public_url.join("/oauth2/start").expect("valid base");
+        url.query_pairs_mut().append_pair("rd", return_to);
+        url.into()
+    }
+}

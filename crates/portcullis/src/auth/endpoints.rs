@@ -1,0 +1,93 @@
+//! The `/oauth2/*` endpoints, named as oauth2-proxy names them so nginx configs carry over.
+
+use axum::{
+    Router,
+    extract::{Query, State},
+    response::{IntoResponse, Redirect, Response},
+    routing::get,
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+
+use super::{Authenticator, Failure, RequestKind, login::CallbackQuery, return_to::safe_return_path};
+
+/// `rd` parameter of start and sign-out.
+#[derive(Debug, Deserialize)]
+struct ReturnQuery {
+    rd: Option<String>,
+}
+
+/// `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out` and `/oauth2/userinfo`.
+pub fn routes(auth: Authenticator) -> Router {
+    Router::new()
+        .route("/oauth2/start", get(start))
+        .route("/oauth2/callback", get(callback))
+        .route("/oauth2/sign_out", get(sign_out).post(sign_out))
+        .route("/oauth2/userinfo", get(userinfo))
+        .with_state(auth)
+}
+
+async fn start(State(auth): State<Authenticator>, Query(q): Query<ReturnQuery>) -> Response {
+    auth.begin_login(q.rd.as_deref().unwrap_or("/")).await
+}
+
+async fn callback(State(auth): State<Authenticator>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
+    auth.finish_login(q, &headers).await
+}
+
+/// Ends the session here, revokes its refresh token at the OP, then sends the browser to the
+/// OP's end-session endpoint (or to `rd`). Deleting first: a failing OP must not keep the user
+/// logged in at the gateway.
+async fn sign_out(State(auth): State<Authenticator>, headers: HeaderMap, Query(q): Query<ReturnQuery>) -> Response {
+    let inner = &auth.0;
+    let mut id_token = None;
+    if let Some(id) = super::cookies::find(&headers, &inner.cookies.session_name).and_then(|v| inner.codec.decode(v)) {
+        let key = id.key();
+        match inner.store.load(&key).await {
+            Ok(Some(record)) => {
+                if let Err(e) = inner.store.delete(&key).await {
+                    tracing::warn!(session = %key, error = %e, "logout: cannot delete the session");
+                    return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.").respond(RequestKind::of(&headers));
+                }
+                tracing::info!(session = %key, user = %record.identity.user, "logged out");
+                if let (Some(rt), Some(client)) = (record.tokens.refresh_token.as_deref(), inner.provider.get()) {
+                    if let Err(e) = client.revoke_refresh_token(rt).await {
+                        tracing::warn!(session = %key, error = %e, "logout: refresh token revocation failed");
+                    }
+                }
+                id_token = record.tokens.id_token.clone();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "logout: session store unavailable");
+                return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.").respond(RequestKind::of(&headers));
+            }
+        }
+    }
+    let local = q.rd.as_deref().and_then(safe_return_path).unwrap_or("/").to_string();
+    let target = inner.provider.get().and_then(|c| c.end_session_url(id_token.as_deref())).map(String::from).unwrap_or(local);
+    let mut response = Redirect::to(&target).into_response();
+    *response.status_mut() = StatusCode::FOUND;
+    response.headers_mut().append(header::SET_COOKIE, inner.cookies.clear_session());
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The session's user claims as JSON; 401 without a session.
+async fn userinfo(State(auth): State<Authenticator>, headers: HeaderMap) -> Response {
+    match auth.authenticate(&headers).await {
+        Ok(Some(session)) => {
+            let identity = &session.record.identity;
+            let mut body = identity.claims.clone();
+            body.insert("user".into(), identity.user.clone().into());
+            if let Some(email) = &identity.email {
+                body.insert("email".into(), email.clone().into());
+            }
+            let mut response = axum::Json(body).into_response();
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok(None) => Failure::unauthenticated(Some(auth.login_url("/"))).respond(RequestKind::Api),
+        Err(e) => e.failure().respond(RequestKind::Api),
+    }
+}

@@ -1,0 +1,26 @@
+//! Authentication of browser sessions: login, the refresh coordinator, the tower layer.
+
+mod authenticator;
+mod cookies;
+mod endpoints;
+pub mod identity_headers;
+mod layer;
+mod login;
+mod provider;
+mod refresh;
+mod request_kind;
+mod responses;
+mod return_to;
+mod stats;
+
+pub use authenticator::{AuthError, Authenticator, Session};
+pub use cookies::CookieSettings;
+pub use endpoints::routes;
+pub use layer::{AuthLayer, AuthService};
+pub use login::CallbackQuery;
+pub use provider::ProviderHandle;
+pub use refresh::RefreshError;
+pub use request_kind::RequestKind;
+pub use responses::Failure;
+pub use return_to::safe_return_path;
+pub use stats::{RefreshSnapshot, RefreshStats};

@@ -1,0 +1,84 @@
+//! Refresh counters, kept from the first day so the metrics endpoint only has to export them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::oidc::TokenError;
+
+/// Counts of what the refresh coordinator did. Cheap atomics; read with [`RefreshStats::snapshot`].
+#[derive(Debug, Default)]
+pub struct RefreshStats {
+    grants_started: AtomicU64,
+    grants_succeeded: AtomicU64,
+    failed_invalid_grant: AtomicU64,
+    failed_transient: AtomicU64,
+    failed_outcome_unknown: AtomicU64,
+    waited_locally: AtomicU64,
+    cas_conflicts: AtomicU64,
+    sessions_ended: AtomicU64,
+    reused_newer_version: AtomicU64,
+}
+
+/// A point-in-time copy of [`RefreshStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RefreshSnapshot {
+    /// Refresh grants sent to the OP.
+    pub grants_started: u64,
+    /// Of those, answered with tokens.
+    pub grants_succeeded: u64,
+    /// Answered `invalid_grant`.
+    pub failed_invalid_grant: u64,
+    /// Failed in a way worth retrying later (unreachable, 5xx, refused, bad response).
+    pub failed_transient: u64,
+    /// Sent, but no answer came back.
+    pub failed_outcome_unknown: u64,
+    /// Requests that waited for a refresh another request of this process started.
+    pub waited_locally: u64,
+    /// Compare-and-set writes that lost to a newer version.
+    pub cas_conflicts: u64,
+    /// Sessions deleted because their refresh token is definitively dead.
+    pub sessions_ended: u64,
+    /// Refreshes that found a newer session version and used it instead of calling the OP.
+    pub reused_newer_version: u64,
+}
+
+impl RefreshStats {
+    pub(crate) fn grant_started(&self) {
+        self.grants_started.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn grant_finished(&self, outcome: Result<(), &TokenError>) {
+        let counter = match outcome {
+            Ok(()) => &self.grants_succeeded,
+            Err(TokenError::InvalidGrant) => &self.failed_invalid_grant,
+            Err(TokenError::OutcomeUnknown(_)) => &self.failed_outcome_unknown,
+            Err(_) => &self.failed_transient,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn waited_locally(&self) {
+        self.waited_locally.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn cas_conflict(&self) {
+        self.cas_conflicts.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn session_ended(&self) {
+        self.sessions_ended.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn reused_newer_version(&self) {
+        self.reused_newer_version.fetch_add(1, Relaxed);
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> RefreshSnapshot {
+        RefreshSnapshot {
+            grants_started: self.grants_started.load(Relaxed),
+            grants_succeeded: self.grants_succeeded.load(Relaxed),
+            failed_invalid_grant: self.failed_invalid_grant.load(Relaxed),
+            failed_transient: self.failed_transient.load(Relaxed),
+            failed_outcome_unknown: self.failed_outcome_unknown.load(Relaxed),
+            waited_locally: self.waited_locally.load(Relaxed),
+            cas_conflicts: self.cas_conflicts.load(Relaxed),
+            sessions_ended: self.sessions_ended.load(Relaxed),
+            reused_newer_version: self.reused_newer_version.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Configuration: one TOML file, every key overridable from the environment, secrets from files.
+//!
+//! Environment overrides use the prefix `PORTCULLIS_` and `__` between nesting levels:
+//! `PORTCULLIS_OIDC__CLIENT_SECRET` sets `oidc.client_secret`, `PORTCULLIS_LISTEN` sets `listen`.
+//! Any secret can instead be read from a file with the `*_file` twin of its key
+//! (`oidc.client_secret_file`, `session.secret_file`), which is how container secrets arrive.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Prefix of the environment variables that override file keys.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Socket address the gateway listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where browsers reach the gateway; the redirect URI and cookie security derive from it.
+    pub public_url: Url,
+    /// The OpenID Provider and this client's registration at it.
+    pub oidc: OidcConfig,
+    /// Session storage and cookie behaviour.
+    pub session: SessionConfig,
+    /// Refresh timing.
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+    /// Route table: longest matching prefix wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The OpenID Provider and the client registration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Issuer URL; metadata is discovered at `<issuer>/.well-known/openid-configuration`.
+    pub issuer: Url,
+    /// Client identifier registered at the OP.
+    pub client_id: String,
+    /// Client secret (or use `client_secret_file`).
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<String>,
+    /// File holding the client secret; trailing newlines are trimmed.
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// How the client authenticates at the token endpoint.
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// Scopes requested at login; `openid` is required, `offline_access` gets a refresh token.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Claim whose value becomes the upstream user header.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Signature algorithms accepted on ID tokens. `none` and HMAC algorithms are never accepted.
+    #[serde(default = "default_algorithms")]
+    pub id_token_algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp`/`iat`.
+    #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Timeout of every call to the OP (discovery, JWKS, token, revocation).
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub http_timeout: Duration,
+    /// Extra parameters added to the authorization request (e.g. `prompt`, `acr_values`).
+    #[serde(default)]
+    pub extra_auth_params: BTreeMap<String, String>,
+    /// Where the OP sends the browser after logout; defaults to `public_url`.
+    #[serde(default)]
+    pub post_logout_redirect_url: Option<Url>,
+}
+
+/// Client authentication at the token, revocation and introspection endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the form-urlencoded client id and secret (RFC 6749 §2.3.1).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the request body.
+    ClientSecretPost,
+}
+
+/// Which session store holds the tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In-process memory: one instance only, sessions lost on restart.
+    #[default]
+    Memory,
+    /// Redis: tokens server-side, shared by any number of instances.
+    Redis,
+}
+
+/// Session storage and cookie behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Where sessions live.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// Redis URL, required when `store = "redis"`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Key material (at least 32 bytes) for the cookie MAC and login binding.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// File holding `secret`.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Cookie name; gets the `__Host-` prefix when `public_url` is https.
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    /// A session unused this long ends.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, used or not.
+    #[serde(default = "default_absolute_timeout", with = "humantime_serde")]
+    pub absolute_timeout: Duration,
+    /// How long a login may take between `/oauth2/start` and the callback.
+    #[serde(default = "default_login_timeout", with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// Timeout of one store operation; a slow store answers 503 instead of hanging requests.
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub store_timeout: Duration,
+}
+
+/// When and how tokens are refreshed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Refresh once this fraction of the token's lifetime remains…
+    #[serde(default = "default_leeway_fraction")]
+    pub leeway_fraction: f64,
+    /// …but never earlier than this before expiry, so hour-long tokens are not refreshed early.
+    #[serde(default = "default_leeway_max", with = "humantime_serde")]
+    pub leeway_max: Duration,
+    /// Longest a request waits for a refresh in flight before answering 503.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            leeway_fraction: default_leeway_fraction(),
+            leeway_max: default_leeway_max(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+/// What an unauthenticated request on a route gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unauthenticated {
+    /// Navigations are redirected to the OP; API calls get 401 JSON with the login URL.
+    #[default]
+    Login,
+    /// Always 401.
+    Deny,
+    /// Forwarded without identity.
+    Allow,
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, starting with `/`; matched on segment boundaries, longest wins.
+    pub prefix: String,
+    /// Upstream base URL (`http://` or `https://`).
+    pub upstream: Url,
+    /// What unauthenticated requests get.
+    #[serde(default)]
+    pub unauthenticated: Unauthenticated,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_scopes() -> Vec<String> {
+    ["openid", "offline_access", "profile", "email"].map(String::from).to_vec()
+}
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "ES384", "EdDSA"].map(String::from).to_vec()
+}
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_cookie_name() -> String {
+    "portcullis".into()
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_absolute_timeout() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_login_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_store_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_leeway_fraction() -> f64 {
+    0.25
+}
+fn default_leeway_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable could not be parsed into the schema.
+    #[error("{0}")]
+    Parse(String),
+    /// A key has a value the gateway cannot work with.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// Dotted key path, e.g. `session.secret`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
+}
+
+impl Config {
+    /// Reads `path`, applies `PORTCULLIS_*` environment overrides, resolves `*_file` secrets and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::file_exact(path)))
+    }
+
+    /// Parses TOML text (with environment overrides) and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(base: Figment) -> Result<Self, ConfigError> {
+        let figment = base.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config", "log"]));
+        let mut config: Config = figment.extract().map_err(|e| {
+            ConfigError::Parse(e.into_iter().map(|e| describe_figment_error(&e)).collect::<Vec<_>>().join("; "))
+        })?;
+        config.resolve_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.oidc.client_secret_file {
+            self.oidc.client_secret = Some(read_secret(path, "oidc.client_secret_file")?);
+        }
+        if let Some(path) = &self.session.secret_file {
+            self.session.secret = Some(read_secret(path, "session.secret_file")?);
+        }
+        Ok(())
+    }
+
+    /// Checks what the schema cannot express; each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.public_url.scheme() {
+            "http" | "https" => {}
+            other => return Err(invalid("public_url", format!("scheme must be http or https, not {other}"))),
+        }
+        if self.public_url.path() != "/" {
+            return Err(invalid("public_url", "must be an origin without a path (e.g. https://app.example.com)"));
+        }
+        if !matches!(self.oidc.issuer.scheme(), "http" | "https") {
+            return Err(invalid("oidc.issuer", "must be an http(s) URL"));
+        }
+        if self.oidc.client_id.is_empty() {
+            return Err(invalid("oidc.client_id", "must not be empty"));
+        }
+        match &self.oidc.client_secret {
+            Some(s) if !s.is_empty() => {}
+            _ => return Err(invalid("oidc.client_secret", "missing (set it, oidc.client_secret_file, or PORTCULLIS_OIDC__CLIENT_SECRET)")),
+        }
+        if !self.oidc.scopes.iter().any(|s| s == "openid") {
+            return Err(invalid("oidc.scopes", "must contain \"openid\""));
+        }
+        for alg in &self.oidc.id_token_algorithms {
+            crate::oidc::id_token::parse_allowed_algorithm(alg).map_err(|e| invalid("oidc.id_token_algorithms", e))?;
+        }
+        match &self.session.secret {
+            Some(s) if s.len() >= 32 => {}
+            Some(_) => return Err(invalid("session.secret", "must be at least 32 bytes (e.g. `openssl rand -base64 48`)")),
+            None => return Err(invalid("session.secret", "missing (set it, session.secret_file, or PORTCULLIS_SESSION__SECRET)")),
+        }
+        if self.session.store == StoreKind::Redis && self.session.redis_url.is_none() {
+            return Err(invalid("session.redis_url", "required when session.store = \"redis\""));
+        }
+        if let Some(url) = &self.session.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+                return Err(invalid("session.redis_url", "must start with redis://, rediss:// or redis+unix://"));
+            }
+        }
+        if !self.session.cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || self.session.cookie_name.is_empty() {
+            return Err(invalid("session.cookie_name", "use letters, digits, '_' and '-' only"));
+        }
+        if self.session.idle_timeout.is_zero() || self.session.absolute_timeout.is_zero() {
+            return Err(invalid("session.idle_timeout", "session lifetimes must be above zero"));
+        }
+        if !(0.0..1.0).contains(&self.refresh.leeway_fraction) {
+            return Err(invalid("refresh.leeway_fraction", "must be in [0, 1)"));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return Err(invalid(&format!("routes[{i}].prefix"), "must start with '/'"));
+            }
+            if route.prefix.starts_with("/oauth2/") || route.prefix == "/oauth2" {
+                return Err(invalid(&format!("routes[{i}].prefix"), "/oauth2 is reserved for the gateway's endpoints"));
+            }
+            if !matches!(route.upstream.scheme(), "http" | "https") {
+                return Err(invalid(&format!("routes[{i}].upstream"), "must be an http(s) URL"));
+            }
+            if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
+                return Err(invalid(&format!("routes[{i}].prefix"), format!("duplicate prefix {}", route.prefix)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The redirect URI registered at the OP.
+    pub fn redirect_uri(&self) -> Url {
+        self.public_url.join("/oauth2/callback").expect("public_url is a valid base")
+    }
+
+    /// Whether cookies get `Secure` and the `__Host-` prefix.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+}
+
+fn describe_figment_error(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    if key.is_empty() { e.kind.to_string() } else { format!("{key}: {}", e.kind) }
+}
+
+fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! The relying party: everything Portcullis asks of the OP, built from discovery.
+
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use url::Url;
+
+use super::{
+    OidcError, ProviderMetadata,
+    id_token::{self, Expectations},
+    jwks::JwksCache,
+    token::{self, ClientCredentials, TokenError, TokenResponse},
+};
+use crate::{
+    config::OidcConfig,
+    session::{Identity, TokenSet, now_millis},
+};
+
+/// A discovered OP and this client's registration at it.
+pub struct OidcClient {
+    http: reqwest::Client,
+    metadata: ProviderMetadata,
+    jwks: JwksCache,
+    creds: ClientCredentials,
+    scopes: String,
+    redirect_uri: Url,
+    post_logout_redirect_uri: Url,
+    algorithms: Vec<Algorithm>,
+    clock_skew: std::time::Duration,
+    user_claim: String,
+    extra_auth_params: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for OidcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcClient").field("issuer", &self.metadata.issuer).field("creds", &self.creds).finish_non_exhaustive()
+    }
+}
+
+impl OidcClient {
+    /// Runs discovery and fetches the JWKS.
+    pub async fn discover(config: &OidcConfig, redirect_uri: Url, post_logout_redirect_uri: Url) -> Result<Self, OidcError> {
+        let http = super::http::client(config.http_timeout);
+        let metadata = ProviderMetadata::discover(&http, &config.issuer).await?;
+        let jwks = JwksCache::fetch_new(http.clone(), metadata.jwks_uri.clone()).await?;
+        let algorithms = config
+            .id_token_algorithms
+            .iter()
+            .map(|a| id_token::parse_allowed_algorithm(a).map_err(OidcError::Discovery))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            http,
+            metadata,
+            jwks,
+            creds: ClientCredentials {
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone().unwrap_or_default(),
+                method: config.auth_method,
+            },
+            scopes: config.scopes.join(" "),
+            redirect_uri,
+            post_logout_redirect_uri,
+            algorithms,
+            clock_skew: config.clock_skew,
+            user_claim: config.user_claim.clone(),
+            extra_auth_params: config.extra_auth_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
+    }
+
+    /// The discovered metadata.
+    pub fn metadata(&self) -> &ProviderMetadata {
+        &self.metadata
+    }
+
+    /// The authorization request URL (code flow, PKCE S256).
+    pub fn authorization_url(&self, state: &str, nonce: &str, code_challenge: &str) -> Url {
+        let mut url = self.metadata.authorization_endpoint.clone();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.creds.client_id)
+            .append_pair("redirect_uri", self.redirect_uri.as_str())
+            .append_pair("scope", &self.scopes)
+            .append_pair("state", state)
+            .append_pair("nonce", nonce)
+            .append_pair("code_challenge", code_challenge)
+            .append_pair("code_challenge_method", "S256")
+            .extend_pairs(self.extra_auth_params.iter());
+        url
+    }
+
+    /// Exchanges an authorization code; validates the ID token against the login's nonce.
+    pub async fn exchange_code(&self, code: &str, code_verifier: &str, nonce: &str) -> Result<(TokenSet, Identity), OidcError> {
+        let form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.to_string()),
+            ("redirect_uri", self.redirect_uri.to_string()),
+            ("code_verifier", code_verifier.to_string()),
+        ];
+        let issued_at = now_millis();
+        let response = token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        let id_token = response.id_token.as_deref().ok_or(OidcError::IdToken("the token response has no id_token".into()))?;
+        let claims = id_token::validate(id_token, &self.jwks, &self.expect(Some(nonce), None)).await?;
+        let identity = self.identity(claims)?;
+        Ok((tokens_from(response, issued_at, None), identity))
+    }
+
+    /// Redeems a refresh token. A new ID token, when the OP sends one, is validated and must be
+    /// about the same subject. Fields the OP leaves out (refresh token, ID token) carry over.
+    pub async fn refresh(&self, current: &TokenSet, subject: &str) -> Result<TokenSet, TokenError> {
+        let Some(refresh_token) = current.refresh_token.clone() else {
+            return Err(TokenError::InvalidGrant);
+        };
+        let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token)];
+        let issued_at = now_millis();
+        let response = token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        if let Some(id_token) = response.id_token.as_deref() {
+            id_token::validate(id_token, &self.jwks, &self.expect(None, Some(subject)))
+                .await
+                .map_err(|e| TokenError::InvalidResponse(format!("refreshed ID token: {e}")))?;
+        }
+        Ok(tokens_from(response, issued_at, Some(current)))
+    }
+
+    /// Revokes a refresh token (RFC 7009) when the OP has a revocation endpoint.
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<(), OidcError> {
+        let Some(endpoint) = &self.metadata.revocation_endpoint else { return Ok(()) };
+        let form = vec![("token", refresh_token.to_string()), ("token_type_hint", "refresh_token".to_string())];
+        let response = token::authenticated_post(&self.http, endpoint, &self.creds, form)
+            .send()
+            .await
+            .map_err(|e| OidcError::Revocation(super::http::describe(&e)))?;
+        if !response.status().is_success() {
+            return Err(OidcError::Revocation(format!("HTTP {}", response.status())));
+        }
+        Ok(())
+    }
+
+    /// Where to send the browser to end its session at the OP, when the OP supports it.
+    pub fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<Url> {
+        let mut url = self.metadata.end_session_endpoint.clone()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                q.append_pair("id_token_hint", hint);
+            }
+            q.append_pair("client_id", &self.creds.client_id);
+            q.append_pair("post_logout_redirect_uri", self.post_logout_redirect_uri.as_str());
+        }
+        Some(url)
+    }
+
+    fn expect<'a>(&'a self, nonce: Option<&'a str>, subject: Option<&'a str>) -> Expectations<'a> {
+        Expectations {
+            issuer: &self.metadata.issuer,
+            client_id: &self.creds.client_id,
+            nonce,
+            subject,
+            algorithms: &self.algorithms,
+            clock_skew: self.clock_skew,
+        }
+    }
+
+    fn identity(&self, mut claims: id_token::Claims) -> Result<Identity, OidcError> {
+        let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
+        let user = match claims.get(&self.user_claim) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => return Err(OidcError::IdToken(format!("the ID token has no {:?} claim (oidc.user_claim)", self.user_claim))),
+        };
+        let email = claims.get("email").and_then(Value::as_str).map(String::from);
+        let groups = claims
+            .get("groups")
+            .and_then(Value::as_array)
+            .map(|g| g.iter().filter_map(Value::as_str).map(String::from).collect())
+            .unwrap_or_default();
+        // Protocol claims say nothing about the user and would only bloat every session.
+        for technical in ["nonce", "at_hash", "c_hash", "s_hash", "auth_time", "iat", "exp", "nbf", "jti", "sid", "azp", "aud", "iss", "acr", "amr"] {
+            claims.remove(technical);
+        }
+        Ok(Identity { subject, user, email, groups, claims })
+    }
+}
+
+fn tokens_from(response: TokenResponse, issued_at: u64, previous: Option<&TokenSet>) -> TokenSet {
+    TokenSet {
+        access_token: response.access_token,
+        issued_at,
+        expires_at: response.expires_in.map(|s| issued_at + s * 1000),
+        refresh_token: response.refresh_token.or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+        id_token: response.id_token.or_else(|| previous.and_then(|p| p.id_token.clone())),
+    }
+}

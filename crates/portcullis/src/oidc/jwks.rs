@@ -1,0 +1,111 @@
+//! A JWKS cache that refetches when an ID token names a key it does not know.
+//!
+//! `openidconnect` keeps the JWKS it was given (its issues #232, #224), so an OP that rotates its
+//! signing key would lock every user out until a restart. Here an unknown `kid` triggers one
+//! refetch; concurrent misses share it, and a cool-down stops a stream of forged `kid`s from
+//! turning the gateway into a JWKS-fetching amplifier.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use tokio::{sync::Mutex, time::Instant};
+use url::Url;
+
+use super::OidcError;
+
+/// Least time between two refetches triggered by unknown keys.
+const REFETCH_COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// Signing keys of the OP.
+pub(crate) struct JwksCache {
+    uri: Url,
+    http: reqwest::Client,
+    keys: RwLock<Arc<JwkSet>>,
+    /// Held while fetching: the single flight. Holds when the last fetch happened.
+    fetch: Mutex<Option<Instant>>,
+}
+
+impl JwksCache {
+    pub(crate) async fn fetch_new(http: reqwest::Client, uri: Url) -> Result<Self, OidcError> {
+        let keys = fetch(&http, &uri).await?;
+        Ok(Self { uri, http, keys: RwLock::new(Arc::new(keys)), fetch: Mutex::new(Some(Instant::now())) })
+    }
+
+    fn current(&self) -> Arc<JwkSet> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The key for a token header: by `kid`, or the single key usable with `alg` when the token
+    /// names none. On a miss, refetches once (rate-limited) and looks again.
+    pub(crate) async fn key_for(&self, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Result<Jwk, OidcError> {
+        let seen = self.current();
+        if let Some(key) = select(&seen, kid, alg) {
+            return Ok(key);
+        }
+        {
+            let mut last = self.fetch.lock().await;
+            // Someone else may have refetched while we waited for the lock.
+            let now_keys = self.current();
+            if !Arc::ptr_eq(&now_keys, &seen) {
+                if let Some(key) = select(&now_keys, kid, alg) {
+                    return Ok(key);
+                }
+            }
+            let cooling = last.is_some_and(|t| t.elapsed() < REFETCH_COOL_DOWN);
+            if !cooling {
+                let fresh = fetch(&self.http, &self.uri).await?;
+                *last = Some(Instant::now());
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+            }
+        }
+        select(&self.current(), kid, alg).ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("<none>").to_string()))
+    }
+}
+
+fn select(keys: &JwkSet, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Option<Jwk> {
+    let usable = |k: &&Jwk| {
+        let use_ok = k.common.public_key_use.as_ref().is_none_or(|u| *u == jsonwebtoken::jwk::PublicKeyUse::Signature);
+        let alg_ok = k.common.key_algorithm.is_none_or(|a| a.to_string() == format!("{alg:?}"));
+        use_ok && alg_ok
+    };
+    match kid {
+        Some(kid) => keys.keys.iter().filter(usable).find(|k| k.common.key_id.as_deref() == Some(kid)).cloned(),
+        None => {
+            let family = alg.family();
+            let mut candidates = keys.keys.iter().filter(usable).filter(|k| key_family(k) == Some(family));
+            let first = candidates.next()?;
+            // Without a kid, only an unambiguous key set is acceptable.
+            candidates.next().is_none().then(|| first.clone())
+        }
+    }
+}
+
+fn key_family(k: &Jwk) -> Option<jsonwebtoken::AlgorithmFamily> {
+    use jsonwebtoken::{AlgorithmFamily, jwk::AlgorithmParameters};
+    match k.algorithm {
+        AlgorithmParameters::RSA(_) => Some(AlgorithmFamily::Rsa),
+        AlgorithmParameters::EllipticCurve(_) => Some(AlgorithmFamily::Ec),
+        AlgorithmParameters::OctetKeyPair(_) => Some(AlgorithmFamily::Ed),
+        _ => None,
+    }
+}
+
+async fn fetch(http: &reqwest::Client, uri: &Url) -> Result<JwkSet, OidcError> {
+    let response = http.get(uri.clone()).send().await.map_err(|e| OidcError::Jwks(super::http::describe(&e)))?;
+    if !response.status().is_success() {
+        return Err(OidcError::Jwks(format!("HTTP {}", response.status())));
+    }
+    // Keys of types this build cannot use are skipped rather than failing the whole set.
+    let raw: serde_json::Value = response.json().await.map_err(|e| OidcError::Jwks(format!("not JSON: {e}")))?;
+    let keys = raw
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or_else(|| OidcError::Jwks("no \"keys\" array".into()))?
+        .iter()
+        .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+        .collect();
+    Ok(JwkSet { keys })
+}

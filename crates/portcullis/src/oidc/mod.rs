@@ -1,0 +1,36 @@
+//! The OpenID Connect relying party: discovery, JWKS, ID-token validation, token calls.
+
+mod client;
+mod http;
+pub(crate) mod id_token;
+mod jwks;
+mod metadata;
+pub(crate) mod pkce;
+mod token;
+
+pub use client::OidcClient;
+pub use metadata::ProviderMetadata;
+pub use token::TokenError;
+
+/// Something went wrong talking to, or believing, the OP.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OidcError {
+    /// Discovery failed or the document is unusable.
+    #[error("discovery: {0}")]
+    Discovery(String),
+    /// The JWKS could not be fetched or parsed.
+    #[error("JWKS: {0}")]
+    Jwks(String),
+    /// No key matches the token's `kid`, even after a refetch.
+    #[error("no signing key {0:?} in the OP's JWKS")]
+    UnknownKey(String),
+    /// The ID token is invalid.
+    #[error("ID token rejected: {0}")]
+    IdToken(String),
+    /// The token endpoint failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Revocation failed.
+    #[error("revocation: {0}")]
+    Revocation(String),
+}

@@ -1,0 +1,144 @@
+//! In-process store: the embedded default for one instance. Sessions die with the process.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+
+use super::{
+    CasOutcome, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError,
+    record::{UnixMillis, now_millis},
+};
+
+/// How often expired entries are swept out; between sweeps they are merely invisible.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Sessions and pending logins in process memory.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    lifetimes: Lifetimes,
+    // A std RwLock, not a Tokio one: no critical section awaits, and the hot path (load) only
+    // takes the read side and bumps an atomic, so concurrent requests never queue behind it.
+    sessions: RwLock<HashMap<SessionKey, Entry>>,
+    logins: RwLock<HashMap<String, (PendingLogin, UnixMillis)>>,
+}
+
+struct Entry {
+    record: Arc<SessionRecord>,
+    /// Moved forward by every load (idle lifetime), under the read lock.
+    expires_at: AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty store; spawns a sweeper on the current Tokio runtime when there is one.
+    pub fn new(lifetimes: Lifetimes) -> Self {
+        let inner = Arc::new(Inner { lifetimes, sessions: RwLock::default(), logins: RwLock::default() });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&inner)));
+        }
+        Self { inner }
+    }
+
+    /// Number of live sessions (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let now = now_millis();
+        read(&self.inner.sessions).values().filter(|e| e.expires_at.load(Ordering::Relaxed) > now).count()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn sweep(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = now_millis();
+        write(&inner.sessions).retain(|_, e| e.expires_at.load(Ordering::Relaxed) > now);
+        write(&inner.logins).retain(|_, (_, expires)| *expires > now);
+    }
+}
+
+// A poisoned lock means a panic elsewhere mid-update of a HashMap insert/remove, which cannot
+// leave the map half-written; carrying on beats turning one panic into a dead gateway.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let now = now_millis();
+        let sessions = read(&self.inner.sessions);
+        let Some(entry) = sessions.get(key) else { return Ok(None) };
+        if entry.expires_at.load(Ordering::Relaxed) <= now {
+            return Ok(None);
+        }
+        let ttl = self.inner.lifetimes.ttl(entry.record.created_at, now);
+        if ttl.is_zero() {
+            return Ok(None);
+        }
+        entry.expires_at.store(now + ttl.as_millis() as u64, Ordering::Relaxed);
+        Ok(Some(entry.record.clone()))
+    }
+
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        let now = now_millis();
+        let mut record = record.clone();
+        record.version = 1;
+        let expires_at = now + self.inner.lifetimes.ttl(record.created_at, now).as_millis() as u64;
+        let mut sessions = write(&self.inner.sessions);
+        if sessions.get(key).is_some_and(|e| e.expires_at.load(Ordering::Relaxed) > now) {
+            return Err(StoreError::Corrupt("session id collision".into()));
+        }
+        sessions.insert(key.clone(), Entry { record: Arc::new(record), expires_at: AtomicU64::new(expires_at) });
+        Ok(())
+    }
+
+    async fn compare_and_set(&self, key: &SessionKey, expected: u64, record: &SessionRecord) -> Result<CasOutcome, StoreError> {
+        let now = now_millis();
+        let mut sessions = write(&self.inner.sessions);
+        let Some(entry) = sessions.get_mut(key).filter(|e| e.expires_at.load(Ordering::Relaxed) > now) else {
+            return Ok(CasOutcome::Gone);
+        };
+        if entry.record.version != expected {
+            return Ok(CasOutcome::Conflict);
+        }
+        let mut record = record.clone();
+        record.version = expected + 1;
+        entry.record = Arc::new(record);
+        Ok(CasOutcome::Written(expected + 1))
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        write(&self.inner.sessions).remove(key);
+        Ok(())
+    }
+
+    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError> {
+        let expires = now_millis() + ttl.as_millis() as u64;
+        write(&self.inner.logins).insert(state_key.to_string(), (login.clone(), expires));
+        Ok(())
+    }
+
+    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError> {
+        let taken = write(&self.inner.logins).remove(state_key);
+        Ok(taken.filter(|(_, expires)| *expires > now_millis()).map(|(login, _)| login))
+    }
+}

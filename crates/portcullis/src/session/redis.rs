@@ -1,0 +1,222 @@
+//! Redis store: tokens server-side, shared by every gateway instance.
+//!
+//! Layout, one string per session so a request costs one `GETEX`:
+//! `portcullis:{<key>}:session` = `<version>|<json body>`. The version sits in front of the body
+//! so the compare-and-set script reads it without decoding JSON. The `{<key>}` hash tag keeps
+//! every key of one session (the lease, later) on one Redis Cluster slot, so one script can
+//! touch them together.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use redis::{AsyncCommands, aio::ConnectionManager};
+use tokio::sync::OnceCell;
+
+use super::{
+    CasOutcome, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError,
+    record::now_millis,
+};
+
+/// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
+/// multiplexed connection interleave between callers (redis-rs #565), a script runs atomically.
+/// `KEEPTTL`: a refresh must not restart the idle clock — only use by the browser does.
+/// Returns 1 written, 0 version conflict, -1 session gone.
+const CAS_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+local sep = string.find(cur, '|', 1, true)
+if not sep or tonumber(string.sub(cur, 1, sep - 1)) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+";
+
+/// Sessions in Redis (single node for now; Sentinel and Cluster come through the same layout).
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    // Connected on first use, not at startup: a gateway whose Redis is down still starts,
+    // answers /healthz, and serves sessions as soon as Redis is back.
+    conn: OnceCell<ConnectionManager>,
+    lifetimes: Lifetimes,
+    timeout: Duration,
+    cas: redis::Script,
+}
+
+impl RedisStore {
+    /// A store for `url` (`redis://host:port/db`); connects lazily. `timeout` bounds every
+    /// operation, connection included.
+    pub fn new(url: &str, lifetimes: Lifetimes, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner { client, conn: OnceCell::new(), lifetimes, timeout, cas: redis::Script::new(CAS_SCRIPT) }),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let inner = &self.inner;
+        let conn = inner
+            .conn
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(inner.timeout))
+                    .set_response_timeout(Some(inner.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_with_config(inner.client.clone(), config).await.map_err(unavailable)
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// Runs one operation with the store timeout; a timeout is `Unavailable`, like a refusal.
+    async fn with_timeout<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.inner.timeout, op)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {:?}", self.inner.timeout))))
+    }
+
+    /// Checks that Redis answers (for readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn session_key(key: &SessionKey) -> String {
+    format!("portcullis:{{{key}}}:session")
+}
+
+fn login_key(state_key: &str) -> String {
+    format!("portcullis:login:{state_key}")
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn encode(version: u64, record: &SessionRecord) -> String {
+    let body = serde_json::to_string(record).expect("a session record always serializes");
+    format!("{version}|{body}")
+}
+
+fn decode(value: &str) -> Result<SessionRecord, StoreError> {
+    let (version, body) = value.split_once('|').ok_or_else(|| StoreError::Corrupt("no version prefix".into()))?;
+    let version = version.parse().map_err(|_| StoreError::Corrupt("version is not a number".into()))?;
+    let mut record: SessionRecord = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    record.version = version;
+    Ok(record)
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let rkey = session_key(key);
+            let lifetimes = self.inner.lifetimes;
+            // GETEX reads and restarts the idle clock in one round trip.
+            let value: Option<String> = redis::cmd("GETEX")
+                .arg(&rkey)
+                .arg("PX")
+                .arg(millis(lifetimes.idle))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let Some(value) = value else { return Ok(None) };
+            let record = decode(&value)?;
+            let ttl = lifetimes.ttl(record.created_at, now_millis());
+            if ttl.is_zero() {
+                return Ok(None);
+            }
+            if ttl < lifetimes.idle {
+                // Only in the session's last idle window: cap the key at the absolute lifetime.
+                let _: () = conn.pexpire(&rkey, millis(ttl) as i64).await.map_err(unavailable)?;
+            }
+            Ok(Some(Arc::new(record)))
+        })
+        .await
+    }
+
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let ttl = self.inner.lifetimes.ttl(record.created_at, now_millis());
+            let created: Option<String> = redis::cmd("SET")
+                .arg(session_key(key))
+                .arg(encode(1, record))
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            match created {
+                Some(_) => Ok(()),
+                None => Err(StoreError::Corrupt("session id collision".into())),
+            }
+        })
+        .await
+    }
+
+    async fn compare_and_set(&self, key: &SessionKey, expected: u64, record: &SessionRecord) -> Result<CasOutcome, StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let outcome: i64 = self
+                .inner
+                .cas
+                .key(session_key(key))
+                .arg(expected)
+                .arg(encode(expected + 1, record))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(match outcome {
+                1 => CasOutcome::Written(expected + 1),
+                0 => CasOutcome::Conflict,
+                _ => CasOutcome::Gone,
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let _: i64 = conn.del(session_key(key)).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let body = serde_json::to_string(login).expect("a pending login always serializes");
+            let _: () = conn.pset_ex(login_key(state_key), body, millis(ttl)).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            // GETDEL: taking is atomic, so two replays of one callback cannot both get the login.
+            let body: Option<String> = conn.get_del(login_key(state_key)).await.map_err(unavailable)?;
+            body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+        })
+        .await
+    }
+}

