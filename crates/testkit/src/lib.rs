@@ -1,1 +1,22 @@
-pub fn x(){}
+//! Test support: the real parts a Portcullis test talks to, each on a free loopback port.
+//!
+//! - [`Redis`]: a `redis-server` child process that the test can stop and restart.
+//! - [`Op`]: `oidc-provider` (npm) via `tests/op/provider.mjs`, with its grant counters.
+//! - [`Upstream`]: an HTTP server that records what reached it and checks bearer tokens by
+//!   introspection at the OP.
+//! - [`Gateway`]: the real `portcullis` binary with a generated config.
+//! - [`Browser`]: an HTTP client with a cookie jar that clicks through the OP's login form.
+
+mod browser;
+mod gateway;
+mod op;
+mod process;
+mod redis;
+mod upstream;
+
+pub use browser::{Browser, Hop};
+pub use gateway::{Gateway, GatewayOptions};
+pub use op::{CLIENT_ID, CLIENT_SECRET, Op, OpOptions};
+pub use process::{free_port, repo_root};
+pub use redis::Redis;
+pub use upstream::{Seen, Upstream};

@@ -1,0 +1,135 @@
+//! The real `portcullis` binary, started with a generated config.
+
+use std::{path::PathBuf, time::Duration};
+
+use tokio::process::{Child, Command};
+
+use crate::process::free_port;
+
+/// What to put in the generated config.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Listen port (pick it first: the OP must know the redirect URI).
+    pub port: u16,
+    /// OP issuer URL.
+    pub issuer: String,
+    /// `memory` or `redis`.
+    pub store: String,
+    /// Redis URL for `store = "redis"`.
+    pub redis_url: Option<String>,
+    /// `(prefix, upstream, unauthenticated)` rows of the route table.
+    pub routes: Vec<(String, String, String)>,
+    /// Extra TOML appended verbatim (e.g. a `[refresh]` table).
+    pub extra: String,
+}
+
+impl GatewayOptions {
+    /// A memory-store gateway on a free port with one catch-all route.
+    pub fn new(issuer: &str, upstream: &str) -> Self {
+        Self {
+            port: free_port(),
+            issuer: issuer.to_string(),
+            store: "memory".into(),
+            redis_url: None,
+            routes: vec![("/".into(), upstream.into(), "login".into())],
+            extra: String::new(),
+        }
+    }
+
+    fn toml(&self) -> String {
+        let mut text = format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\n[session]\nstore = \"{store}\"\nsecret = \"test-secret-test-secret-test-secret-0123\"\n",
+            port = self.port,
+            issuer = self.issuer,
+            id = crate::op::CLIENT_ID,
+            secret = crate::op::CLIENT_SECRET,
+            store = self.store,
+        );
+        if let Some(url) = &self.redis_url {
+            text.push_str(&format!("redis_url = \"{url}\"\n"));
+        }
+        text.push_str(&self.extra);
+        text.push('\n');
+        for (prefix, upstream, policy) in &self.routes {
+            text.push_str(&format!("\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nunauthenticated = \"{policy}\"\n"));
+        }
+        text
+    }
+}
+
+/// A running gateway process, killed when dropped.
+pub struct Gateway {
+    port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `binary` (pass `env!("CARGO_BIN_EXE_portcullis")`) and waits for `/healthz`.
+    pub async fn start(binary: &str, options: &GatewayOptions) -> Self {
+        let dir = std::env::temp_dir().join(format!("portcullis-test-{}-{}", std::process::id(), options.port));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("portcullis.toml");
+        std::fs::write(&config, options.toml()).unwrap();
+        let log = dir.join("gateway.log");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
+            .env("PORTCULLIS_LOG", "info,portcullis=debug")
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start portcullis");
+        let gateway = Self { port: options.port, child: Some(child), log, dir };
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if http.get(format!("{}/healthz", gateway.url())).send().await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "gateway did not come up; log:\n{}", gateway.log_text());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        gateway
+    }
+
+    /// Waits until `/readyz` says ready (OP discovered, store answering).
+    pub async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !http.get(format!("{}/readyz", self.url())).send().await.is_ok_and(|r| r.status().is_success()) {
+            assert!(tokio::time::Instant::now() < deadline, "gateway never became ready; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
