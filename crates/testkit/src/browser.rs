@@ -61,8 +61,14 @@ impl Browser {
 
     /// Navigates and follows redirects until a non-redirect answer.
     pub async fn follow(&self, url: &str) -> Vec<Hop> {
+        self.follow_until(url, &|_| false).await
+    }
+
+    /// Follows redirects until a non-redirect answer, or until the next location satisfies
+    /// `stop` (that location is then not visited).
+    pub async fn follow_until(&self, url: &str, stop: &dyn Fn(&Url) -> bool) -> Vec<Hop> {
         let mut hops = vec![self.navigate(url).await];
-        while let Some(next) = hops.last().unwrap().location.clone() {
+        while let Some(next) = hops.last().unwrap().location.clone().filter(|l| !stop(l)) {
             assert!(hops.len() < 20, "redirect loop: {hops:#?}");
             hops.push(self.navigate(next.as_str()).await);
         }
@@ -72,7 +78,12 @@ impl Browser {
     /// Opens `url` and logs in as `user` on the OP's form. Returns every hop, the form
     /// submission included, ending at the gateway's final answer.
     pub async fn login(&self, url: &str, user: &str) -> Vec<Hop> {
-        let mut hops = self.follow(url).await;
+        self.login_until(url, user, &|_| false).await
+    }
+
+    /// Like [`Browser::login`], but stops before visiting a location that satisfies `stop`.
+    pub async fn login_until(&self, url: &str, user: &str, stop: &dyn Fn(&Url) -> bool) -> Vec<Hop> {
+        let mut hops = self.follow_until(url, stop).await;
         let page = hops.last().unwrap().clone();
         let action = form_action(&page.body).unwrap_or_else(|| panic!("no login form at {}: {}", page.url, page.body));
         let action = page.url.join(&action).unwrap();
@@ -87,7 +98,7 @@ impl Browser {
         let submitted = hop(action, response).await;
         let next = submitted.location.clone().expect("the login form redirects");
         hops.push(submitted);
-        hops.extend(self.follow(next.as_str()).await);
+        hops.extend(self.follow_until(next.as_str(), stop).await);
         hops
     }
 
