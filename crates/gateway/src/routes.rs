@@ -25,7 +25,7 @@ impl RouteTable {
             .iter()
             .map(|r| Arc::new(Route { prefix: r.prefix.clone(), upstream: r.upstream.clone(), unauthenticated: r.unauthenticated }))
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self { routes }
     }
 
@@ -48,7 +48,11 @@ mod tests {
     use super::*;
 
     fn table() -> RouteTable {
-        let route = |prefix: &str, upstream: &str| RouteConfig { prefix: prefix.into(), upstream: upstream.parse().unwrap(), unauthenticated: Unauthenticated::Login };
+        let route = |prefix: &str, upstream: &str| RouteConfig {
+            prefix: prefix.into(),
+            upstream: upstream.parse().unwrap(),
+            unauthenticated: Unauthenticated::Login,
+        };
         RouteTable::new(&[route("/", "http://root"), route("/api", "http://api"), route("/api/public/", "http://public")])
     }
 
@@ -72,7 +76,11 @@ mod tests {
 
     #[test]
     fn no_catch_all_means_no_match() {
-        let t = RouteTable::new(&[RouteConfig { prefix: "/app".into(), upstream: "http://a".parse().unwrap(), unauthenticated: Unauthenticated::Deny }]);
+        let t = RouteTable::new(&[RouteConfig {
+            prefix: "/app".into(),
+            upstream: "http://a".parse().unwrap(),
+            unauthenticated: Unauthenticated::Deny,
+        }]);
         assert!(t.lookup("/other").is_none());
     }
 }

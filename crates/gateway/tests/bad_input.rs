@@ -18,10 +18,22 @@ async fn tampered_cookie_is_no_session_and_the_real_one_still_works() {
 
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     for value in [flipped.as_str(), "garbage", "v1.AAAA.BBBB", "", "v1..", &"x".repeat(3000)] {
-        let r = http.get(s.url("/page")).header("cookie", format!("portcullis={value}")).header("sec-fetch-mode", "navigate").send().await.unwrap();
+        let r = http
+            .get(s.url("/page"))
+            .header("cookie", format!("portcullis={value}"))
+            .header("sec-fetch-mode", "navigate")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 302, "navigation with cookie {value:?} must go to login");
         assert!(r.headers()["location"].to_str().unwrap().starts_with(&s.op.issuer()));
-        let r = http.get(s.url("/api/x")).header("cookie", format!("portcullis={value}")).header("accept", "application/json").send().await.unwrap();
+        let r = http
+            .get(s.url("/api/x"))
+            .header("cookie", format!("portcullis={value}"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "API call with cookie {value:?}");
     }
     assert!(s.gateway.log_text().contains("session cookie rejected"), "a log line says why");
@@ -32,10 +44,12 @@ async fn tampered_cookie_is_no_session_and_the_real_one_still_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_redirects_are_refused() {
     let s = Setup::start(Store::Memory, OpOptions::default()).await;
-    let targets = ["//evil.example", "/\\evil.example", "https://evil.example", "http:evil.example", "/\t/evil.example", "javascript:alert(1)"];
+    let targets =
+        ["//evil.example", "/\\evil.example", "https://evil.example", "http:evil.example", "/\t/evil.example", "javascript:alert(1)"];
     for target in targets {
         let browser = Browser::new();
-        let start = format!("{}?rd={}", s.url("/oauth2/start"), url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>());
+        let start =
+            format!("{}?rd={}", s.url("/oauth2/start"), url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>());
         let hops = browser.login(&start, "alice").await;
         let callback = hops.iter().find(|h| h.url.path() == "/oauth2/callback").unwrap();
         assert_eq!(callback.location.as_ref().unwrap().as_str(), s.url("/"), "rd={target:?} must land on / of the gateway");
@@ -147,7 +161,13 @@ async fn hostile_headers_get_an_answer_not_a_crash() {
     let r = http.get(s.url("/")).header("x-big", "a".repeat(200_000)).send().await;
     assert!(r.map(|r| r.status().is_client_error()).unwrap_or(true));
     // Non-UTF-8 cookie bytes: no session, not a 500.
-    let r = http.get(s.url("/api/x")).header("cookie", reqwest::header::HeaderValue::from_bytes(b"portcullis=\xff\xfe").unwrap()).header("accept", "application/json").send().await.unwrap();
+    let r = http
+        .get(s.url("/api/x"))
+        .header("cookie", reqwest::header::HeaderValue::from_bytes(b"portcullis=\xff\xfe").unwrap())
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Many cookies, ours among them.
     let many = (0..100).map(|i| format!("c{i}=v{i}")).collect::<Vec<_>>().join("; ");

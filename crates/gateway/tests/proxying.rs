@@ -91,7 +91,8 @@ async fn forwarding_headers_set_and_hop_by_hop_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_paths_and_dead_upstreams() {
     let s = Setup::start_with(Store::Memory, OpOptions::default(), |o| {
-        o.routes = vec![("/app".into(), o.routes[0].1.clone(), "login".into()), ("/dead".into(), "http://127.0.0.1:9".into(), "allow".into())];
+        o.routes =
+            vec![("/app".into(), o.routes[0].1.clone(), "login".into()), ("/dead".into(), "http://127.0.0.1:9".into(), "allow".into())];
     })
     .await;
     let http = reqwest::Client::new();

@@ -150,11 +150,7 @@ pub struct RefreshConfig {
 
 impl Default for RefreshConfig {
     fn default() -> Self {
-        Self {
-            leeway_fraction: default_leeway_fraction(),
-            leeway_max: default_leeway_max(),
-            max_wait: default_max_wait(),
-        }
+        Self { leeway_fraction: default_leeway_fraction(), leeway_max: default_leeway_max(), max_wait: default_max_wait() }
     }
 }
 
@@ -261,9 +257,9 @@ impl Config {
 
     fn from_figment(base: Figment) -> Result<Self, ConfigError> {
         let figment = base.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config", "log"]));
-        let mut config: Config = figment.extract().map_err(|e| {
-            ConfigError::Parse(e.into_iter().map(|e| describe_figment_error(&e)).collect::<Vec<_>>().join("; "))
-        })?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.into_iter().map(|e| describe_figment_error(&e)).collect::<Vec<_>>().join("; ")))?;
         config.resolve_secret_files()?;
         config.validate()?;
         Ok(config)
@@ -312,12 +308,14 @@ impl Config {
         if self.session.store == StoreKind::Redis && self.session.redis_url.is_none() {
             return Err(invalid("session.redis_url", "required when session.store = \"redis\""));
         }
-        if let Some(url) = &self.session.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
-                return Err(invalid("session.redis_url", "must start with redis://, rediss:// or redis+unix://"));
-            }
+        if let Some(url) = &self.session.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
+        {
+            return Err(invalid("session.redis_url", "must start with redis://, rediss:// or redis+unix://"));
         }
-        if !self.session.cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || self.session.cookie_name.is_empty() {
+        if !self.session.cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || self.session.cookie_name.is_empty()
+        {
             return Err(invalid("session.cookie_name", "use letters, digits, '_' and '-' only"));
         }
         if self.session.idle_timeout.is_zero() || self.session.absolute_timeout.is_zero() {

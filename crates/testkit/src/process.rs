@@ -28,7 +28,8 @@ pub(crate) fn ensure_test_deps() {
         if have_redis && have_modules {
             return;
         }
-        let status = std::process::Command::new("bash").arg(root.join("scripts/install-test-deps.sh")).status().expect("run install-test-deps.sh");
+        let status =
+            std::process::Command::new("bash").arg(root.join("scripts/install-test-deps.sh")).status().expect("run install-test-deps.sh");
         assert!(status.success(), "scripts/install-test-deps.sh failed");
     });
 }

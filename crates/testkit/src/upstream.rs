@@ -54,7 +54,8 @@ impl Upstream {
     /// and answers 401 for an inactive one.
     pub async fn start(introspect_at: Option<String>) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let shared = Shared { seen: seen.clone(), introspect: introspect_at.map(|i| (format!("{i}/token/introspection"), reqwest::Client::new())) };
+        let shared =
+            Shared { seen: seen.clone(), introspect: introspect_at.map(|i| (format!("{i}/token/introspection"), reqwest::Client::new())) };
         let app = Router::new()
             .route("/stream", any(stream))
             .route("/upload", any(upload))

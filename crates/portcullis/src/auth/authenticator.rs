@@ -40,9 +40,17 @@ impl AuthError {
     /// The response for this error: always a 503, the session kept.
     pub fn failure(&self) -> Failure {
         match self {
-            Self::Store(_) => Failure::unavailable("session_store_unavailable", "The session store is not answering. Your session is kept; please retry shortly."),
-            Self::Refresh(RefreshError::TimedOut(_)) => Failure::unavailable("refresh_timeout", "Renewing your access took too long. Your session is kept; please retry shortly."),
-            Self::Refresh(_) => Failure::unavailable("identity_provider_unavailable", "The identity provider is not answering, and your access needs renewing. Your session is kept; please retry shortly."),
+            Self::Store(_) => Failure::unavailable(
+                "session_store_unavailable",
+                "The session store is not answering. Your session is kept; please retry shortly.",
+            ),
+            Self::Refresh(RefreshError::TimedOut(_)) => {
+                Failure::unavailable("refresh_timeout", "Renewing your access took too long. Your session is kept; please retry shortly.")
+            }
+            Self::Refresh(_) => Failure::unavailable(
+                "identity_provider_unavailable",
+                "The identity provider is not answering, and your access needs renewing. Your session is kept; please retry shortly.",
+            ),
         }
     }
 }

@@ -39,7 +39,12 @@ impl CookieSettings {
 
     /// `Set-Cookie` that removes the session cookie.
     pub fn clear_session(&self) -> HeaderValue {
-        let cookie = Cookie::build((self.session_name.clone(), "")).path("/").http_only(true).same_site(SameSite::Lax).secure(self.secure).max_age(cookie::time::Duration::ZERO);
+        let cookie = Cookie::build((self.session_name.clone(), ""))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(self.secure)
+            .max_age(cookie::time::Duration::ZERO);
         header_value(cookie.build())
     }
 
@@ -57,7 +62,11 @@ impl CookieSettings {
 
     /// `Set-Cookie` that removes a login-binding cookie.
     pub fn clear_login_binding(&self, login_id: &str) -> HeaderValue {
-        let cookie = Cookie::build((format!("{}{login_id}", self.login_prefix), "")).path("/oauth2/callback").http_only(true).secure(self.secure).max_age(cookie::time::Duration::ZERO);
+        let cookie = Cookie::build((format!("{}{login_id}", self.login_prefix), ""))
+            .path("/oauth2/callback")
+            .http_only(true)
+            .secure(self.secure)
+            .max_age(cookie::time::Duration::ZERO);
         header_value(cookie.build())
     }
 }

@@ -47,20 +47,22 @@ async fn sign_out(State(auth): State<Authenticator>, headers: HeaderMap, Query(q
             Ok(Some(record)) => {
                 if let Err(e) = inner.store.delete(&key).await {
                     tracing::warn!(session = %key, error = %e, "logout: cannot delete the session");
-                    return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.").respond(RequestKind::of(&headers));
+                    return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.")
+                        .respond(RequestKind::of(&headers));
                 }
                 tracing::info!(session = %key, user = %record.identity.user, "logged out");
-                if let (Some(rt), Some(client)) = (record.tokens.refresh_token.as_deref(), inner.provider.get()) {
-                    if let Err(e) = client.revoke_refresh_token(rt).await {
-                        tracing::warn!(session = %key, error = %e, "logout: refresh token revocation failed");
-                    }
+                if let (Some(rt), Some(client)) = (record.tokens.refresh_token.as_deref(), inner.provider.get())
+                    && let Err(e) = client.revoke_refresh_token(rt).await
+                {
+                    tracing::warn!(session = %key, error = %e, "logout: refresh token revocation failed");
                 }
                 id_token = record.tokens.id_token.clone();
             }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "logout: session store unavailable");
-                return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.").respond(RequestKind::of(&headers));
+                return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.")
+                    .respond(RequestKind::of(&headers));
             }
         }
     }

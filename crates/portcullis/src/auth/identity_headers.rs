@@ -85,10 +85,10 @@ pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
             .map(str::trim)
             .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(name, _)| name.trim() != cookie_name))
             .collect();
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                headers.append(header::COOKIE, v);
-            }
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.append(header::COOKIE, v);
         }
     }
 }

@@ -43,7 +43,11 @@ impl Authenticator {
         let inner = &self.0;
         let kind = RequestKind::Navigation;
         let Some(client) = inner.provider.get() else {
-            return Failure::unavailable("identity_provider_unavailable", "The identity provider is not reachable yet. Please retry shortly.").respond(kind);
+            return Failure::unavailable(
+                "identity_provider_unavailable",
+                "The identity provider is not reachable yet. Please retry shortly.",
+            )
+            .respond(kind);
         };
         let return_to = safe_return_path(return_to).unwrap_or("/").to_string();
         let state = crypto::random_token::<32>();
@@ -59,7 +63,8 @@ impl Authenticator {
         };
         if let Err(e) = inner.store.put_login(&state_key(&state), &pending, inner.login_timeout).await {
             tracing::warn!(error = %e, "cannot start login: session store unavailable");
-            return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.").respond(kind);
+            return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.")
+                .respond(kind);
         }
         let url = client.authorization_url(&state, &nonce, &pkce::challenge(&verifier));
         let mut response = Redirect::to(url.as_str()).into_response();
@@ -77,7 +82,8 @@ impl Authenticator {
         let start_over = self.login_url("/");
         if let Some(error) = query.error.as_deref() {
             let error: String = error.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-            let description: String = query.error_description.as_deref().unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
+            let description: String =
+                query.error_description.as_deref().unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
             tracing::info!(%error, %description, "the OP refused the login");
             return Failure::bad_request("login_refused", format!("The identity provider did not log you in ({error}). {description}"))
                 .with_login_url(start_over)
@@ -97,7 +103,8 @@ impl Authenticator {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot finish login: session store unavailable");
-                return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.").respond(kind);
+                return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.")
+                    .respond(kind);
             }
         };
         let id = login_id(state);
@@ -110,7 +117,8 @@ impl Authenticator {
                 .respond(kind);
         }
         let Some(client) = inner.provider.get() else {
-            return Failure::unavailable("identity_provider_unavailable", "The identity provider is not reachable. Please retry shortly.").respond(kind);
+            return Failure::unavailable("identity_provider_unavailable", "The identity provider is not reachable. Please retry shortly.")
+                .respond(kind);
         };
         let (tokens, identity) = match client.exchange_code(code, &pending.code_verifier, &pending.nonce).await {
             Ok(result) => result,
@@ -124,7 +132,8 @@ impl Authenticator {
         let record = SessionRecord { version: 1, created_at: now_millis(), identity, tokens };
         if let Err(e) = inner.store.create(&session_id.key(), &record).await {
             tracing::warn!(error = %e, "cannot store the new session");
-            return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.").respond(kind);
+            return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.")
+                .respond(kind);
         }
         tracing::info!(session = %session_id.key(), user = %record.identity.user, "logged in");
         let mut response = Redirect::to(&pending.return_to).into_response();
@@ -142,15 +151,21 @@ fn login_failed(e: &OidcError, start_over: String) -> Response {
     match e {
         OidcError::Token(TokenError::InvalidGrant) => {
             tracing::info!("code exchange refused: invalid_grant (replayed or expired code)");
-            Failure::bad_request("invalid_grant", "This login link has expired or was already used. Please log in again.").with_login_url(start_over).respond(kind)
+            Failure::bad_request("invalid_grant", "This login link has expired or was already used. Please log in again.")
+                .with_login_url(start_over)
+                .respond(kind)
         }
         OidcError::Token(e @ (TokenError::Unreachable(_) | TokenError::ServerError(_) | TokenError::OutcomeUnknown(_))) => {
             tracing::warn!(error = %e, "code exchange failed");
-            Failure::unavailable("identity_provider_unavailable", "The identity provider did not answer. Please retry.").with_login_url(start_over).respond(kind)
+            Failure::unavailable("identity_provider_unavailable", "The identity provider did not answer. Please retry.")
+                .with_login_url(start_over)
+                .respond(kind)
         }
         other => {
             tracing::warn!(error = %other, "login failed");
-            let mut f = Failure::bad_request("login_failed", "The identity provider's answer could not be verified, so you were not logged in.").with_login_url(start_over);
+            let mut f =
+                Failure::bad_request("login_failed", "The identity provider's answer could not be verified, so you were not logged in.")
+                    .with_login_url(start_over);
             f.status = http::StatusCode::BAD_GATEWAY;
             f.respond(kind)
         }

@@ -157,11 +157,11 @@ impl RefreshTask {
     /// After `invalid_grant`: a newer version means another holder refreshed (and rotated the
     /// token we presented); otherwise the session is over.
     async fn end_unless_superseded(&self, based_on: u64) -> Outcome {
-        if let Some(latest) = self.store.load(&self.key).await? {
-            if latest.version != based_on {
-                self.stats.reused_newer_version();
-                return Ok(latest);
-            }
+        if let Some(latest) = self.store.load(&self.key).await?
+            && latest.version != based_on
+        {
+            self.stats.reused_newer_version();
+            return Ok(latest);
         }
         self.store.delete(&self.key).await?;
         self.stats.session_ended();

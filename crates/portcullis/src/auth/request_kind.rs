@@ -21,10 +21,7 @@ impl RequestKind {
         if headers.get("x-requested-with").is_some() {
             return Self::Api;
         }
-        let accepts_html = headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")));
+        let accepts_html = headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")));
         if accepts_html { Self::Navigation } else { Self::Api }
     }
 }

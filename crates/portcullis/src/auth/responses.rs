@@ -77,7 +77,9 @@ fn page(status: StatusCode, message: &str, login_url: Option<&str>) -> String {
     let title = status.canonical_reason().unwrap_or("Error");
     let action = match login_url {
         Some(url) => format!("<p><a class=\"button\" href=\"{}\">Log in</a></p>", escape(url)),
-        None if status == StatusCode::SERVICE_UNAVAILABLE => "<p>This page will work again shortly; try reloading in a few seconds.</p>".to_string(),
+        None if status == StatusCode::SERVICE_UNAVAILABLE => {
+            "<p>This page will work again shortly; try reloading in a few seconds.</p>".to_string()
+        }
         None => "<p><a class=\"button\" href=\"/\">Back to the start page</a></p>".to_string(),
     };
     format!(

@@ -96,7 +96,8 @@ impl OidcClient {
             ("code_verifier", code_verifier.to_string()),
         ];
         let issued_at = now_millis();
-        let response = token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        let response =
+            token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
         let id_token = response.id_token.as_deref().ok_or(OidcError::IdToken("the token response has no id_token".into()))?;
         let claims = id_token::validate(id_token, &self.jwks, &self.expect(Some(nonce), None)).await?;
         let identity = self.identity(claims)?;
@@ -111,7 +112,8 @@ impl OidcClient {
         };
         let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token)];
         let issued_at = now_millis();
-        let response = token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        let response =
+            token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
         if let Some(id_token) = response.id_token.as_deref() {
             id_token::validate(id_token, &self.jwks, &self.expect(None, Some(subject)))
                 .await
@@ -173,7 +175,9 @@ impl OidcClient {
             .map(|g| g.iter().filter_map(Value::as_str).map(String::from).collect())
             .unwrap_or_default();
         // Protocol claims say nothing about the user and would only bloat every session.
-        for technical in ["nonce", "at_hash", "c_hash", "s_hash", "auth_time", "iat", "exp", "nbf", "jti", "sid", "azp", "aud", "iss", "acr", "amr"] {
+        for technical in
+            ["nonce", "at_hash", "c_hash", "s_hash", "auth_time", "iat", "exp", "nbf", "jti", "sid", "azp", "aud", "iss", "acr", "amr"]
+        {
             claims.remove(technical);
         }
         Ok(Identity { subject, user, email, groups, claims })

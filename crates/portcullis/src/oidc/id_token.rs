@@ -46,21 +46,19 @@ pub(crate) async fn validate(token: &str, jwks: &JwksCache, expect: &Expectation
     validation.set_audience(&[expect.client_id]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     validation.leeway = expect.clock_skew.as_secs();
-    let claims: Claims = jsonwebtoken::decode(token, &key, &validation)
-        .map_err(|e| OidcError::IdToken(e.to_string()))?
-        .claims;
+    let claims: Claims = jsonwebtoken::decode(token, &key, &validation).map_err(|e| OidcError::IdToken(e.to_string()))?.claims;
 
     check_iat(&claims, expect.clock_skew)?;
     check_azp(&claims, expect.client_id)?;
-    if let Some(nonce) = expect.nonce {
-        if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
-            return Err(OidcError::IdToken("nonce does not match the login".into()));
-        }
+    if let Some(nonce) = expect.nonce
+        && claims.get("nonce").and_then(Value::as_str) != Some(nonce)
+    {
+        return Err(OidcError::IdToken("nonce does not match the login".into()));
     }
-    if let Some(subject) = expect.subject {
-        if claims.get("sub").and_then(Value::as_str) != Some(subject) {
-            return Err(OidcError::IdToken("sub changed on refresh".into()));
-        }
+    if let Some(subject) = expect.subject
+        && claims.get("sub").and_then(Value::as_str) != Some(subject)
+    {
+        return Err(OidcError::IdToken("sub changed on refresh".into()));
     }
     Ok(claims)
 }

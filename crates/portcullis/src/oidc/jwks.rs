@@ -49,10 +49,10 @@ impl JwksCache {
             let mut last = self.fetch.lock().await;
             // Someone else may have refetched while we waited for the lock.
             let now_keys = self.current();
-            if !Arc::ptr_eq(&now_keys, &seen) {
-                if let Some(key) = select(&now_keys, kid, alg) {
-                    return Ok(key);
-                }
+            if !Arc::ptr_eq(&now_keys, &seen)
+                && let Some(key) = select(&now_keys, kid, alg)
+            {
+                return Ok(key);
             }
             let cooling = last.is_some_and(|t| t.elapsed() < REFETCH_COOL_DOWN);
             if !cooling {

@@ -35,18 +35,20 @@ impl ProviderMetadata {
     pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Self, OidcError> {
         let base = issuer.as_str().trim_end_matches('/');
         let url = format!("{base}/.well-known/openid-configuration");
-        let response = http.get(&url).send().await.map_err(|e| OidcError::Discovery(format!("GET {url}: {}", super::http::describe(&e))))?;
+        let response =
+            http.get(&url).send().await.map_err(|e| OidcError::Discovery(format!("GET {url}: {}", super::http::describe(&e))))?;
         if !response.status().is_success() {
             return Err(OidcError::Discovery(format!("GET {url}: HTTP {}", response.status())));
         }
-        let metadata: Self = response.json().await.map_err(|e| OidcError::Discovery(format!("GET {url}: not a discovery document: {e}")))?;
+        let metadata: Self =
+            response.json().await.map_err(|e| OidcError::Discovery(format!("GET {url}: not a discovery document: {e}")))?;
         if metadata.issuer.trim_end_matches('/') != base {
             return Err(OidcError::Discovery(format!("issuer mismatch: configured {base}, OP says {}", metadata.issuer)));
         }
-        if let Some(methods) = &metadata.code_challenge_methods_supported {
-            if !methods.iter().any(|m| m == "S256") {
-                return Err(OidcError::Discovery("the OP does not support PKCE S256".into()));
-            }
+        if let Some(methods) = &metadata.code_challenge_methods_supported
+            && !methods.iter().any(|m| m == "S256")
+        {
+            return Err(OidcError::Discovery("the OP does not support PKCE S256".into()));
         }
         Ok(metadata)
     }

@@ -80,7 +80,12 @@ impl TokenError {
 }
 
 /// POSTs a form to an OP endpoint with client authentication.
-pub(crate) fn authenticated_post(http: &reqwest::Client, url: &url::Url, creds: &ClientCredentials, mut form: Vec<(&str, String)>) -> reqwest::RequestBuilder {
+pub(crate) fn authenticated_post(
+    http: &reqwest::Client,
+    url: &url::Url,
+    creds: &ClientCredentials,
+    mut form: Vec<(&str, String)>,
+) -> reqwest::RequestBuilder {
     let request = http.post(url.clone()).header(reqwest::header::ACCEPT, "application/json");
     match creds.method {
         ClientAuthMethod::ClientSecretBasic => {

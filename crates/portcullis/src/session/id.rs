@@ -115,8 +115,15 @@ mod tests {
         flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
         let cases = [
-            "", "v1", "v1..", "v2.AAAA.AAAA", "not a cookie", "v1.%%%.%%%", &flipped,
-            &format!("{good}.extra"), &good.replace("v1.", "v0."),
+            "",
+            "v1",
+            "v1..",
+            "v2.AAAA.AAAA",
+            "not a cookie",
+            "v1.%%%.%%%",
+            &flipped,
+            &format!("{good}.extra"),
+            &good.replace("v1.", "v0."),
         ];
         for case in cases {
             assert_eq!(codec().decode(case), None, "accepted {case:?}");

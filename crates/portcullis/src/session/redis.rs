@@ -12,10 +12,7 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
-use super::{
-    CasOutcome, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError,
-    record::now_millis,
-};
+use super::{CasOutcome, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis};
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
 /// multiplexed connection interleave between callers (redis-rs #565), a script runs atomically.
@@ -51,9 +48,7 @@ impl RedisStore {
     /// operation, connection included.
     pub fn new(url: &str, lifetimes: Lifetimes, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(Inner { client, conn: OnceCell::new(), lifetimes, timeout, cas: redis::Script::new(CAS_SCRIPT) }),
-        })
+        Ok(Self { inner: Arc::new(Inner { client, conn: OnceCell::new(), lifetimes, timeout, cas: redis::Script::new(CAS_SCRIPT) }) })
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
@@ -127,13 +122,8 @@ impl SessionStore for RedisStore {
             let rkey = session_key(key);
             let lifetimes = self.inner.lifetimes;
             // GETEX reads and restarts the idle clock in one round trip.
-            let value: Option<String> = redis::cmd("GETEX")
-                .arg(&rkey)
-                .arg("PX")
-                .arg(millis(lifetimes.idle))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let value: Option<String> =
+                redis::cmd("GETEX").arg(&rkey).arg("PX").arg(millis(lifetimes.idle)).query_async(&mut conn).await.map_err(unavailable)?;
             let Some(value) = value else { return Ok(None) };
             let record = decode(&value)?;
             let ttl = lifetimes.ttl(record.created_at, now_millis());
