@@ -15,7 +15,6 @@ fn main() -> std::process::ExitCode {
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("portcullis: {e:#}");
             std::process::ExitCode::FAILURE
         }
