@@ -143,14 +143,35 @@ pub struct RefreshConfig {
     /// …but never earlier than this before expiry, so hour-long tokens are not refreshed early.
     #[serde(default = "default_leeway_max", with = "humantime_serde")]
     pub leeway_max: Duration,
-    /// Longest a request waits for a refresh in flight before answering 503.
+    /// Longest a request waits for a refresh in flight (here or on another instance) before
+    /// answering 503. The session is kept.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
+    /// Lifetime of the cross-instance refresh lease. The holder renews it every third of this
+    /// while its token call runs, so a slow OP does not let the lease lapse; a holder that dies
+    /// frees it after at most this long.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// A request waiting on another instance re-checks the session at least this often, in
+    /// case a change notification was lost.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// After a refresh request that got no answer, wait this long before presenting the same
+    /// refresh token again (default: `oidc.http_timeout`). See ARCHITECTURE.md.
+    #[serde(default, with = "humantime_serde")]
+    pub settle_after_unknown: Option<Duration>,
 }
 
 impl Default for RefreshConfig {
     fn default() -> Self {
-        Self { leeway_fraction: default_leeway_fraction(), leeway_max: default_leeway_max(), max_wait: default_max_wait() }
+        Self {
+            leeway_fraction: default_leeway_fraction(),
+            leeway_max: default_leeway_max(),
+            max_wait: default_max_wait(),
+            lease_ttl: default_lease_ttl(),
+            poll_interval: default_poll_interval(),
+            settle_after_unknown: None,
+        }
     }
 }
 
@@ -221,6 +242,12 @@ fn default_leeway_max() -> Duration {
 }
 fn default_max_wait() -> Duration {
     Duration::from_secs(15)
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(250)
 }
 
 /// A configuration problem, naming the key at fault.
@@ -320,6 +347,12 @@ impl Config {
         }
         if self.session.idle_timeout.is_zero() || self.session.absolute_timeout.is_zero() {
             return Err(invalid("session.idle_timeout", "session lifetimes must be above zero"));
+        }
+        if self.refresh.lease_ttl < Duration::from_millis(300) {
+            return Err(invalid("refresh.lease_ttl", "must be at least 300ms (it is renewed every third of it)"));
+        }
+        if self.refresh.poll_interval.is_zero() || self.refresh.max_wait.is_zero() {
+            return Err(invalid("refresh.poll_interval", "refresh.poll_interval and refresh.max_wait must be above zero"));
         }
         if !(0.0..1.0).contains(&self.refresh.leeway_fraction) {
             return Err(invalid("refresh.leeway_fraction", "must be in [0, 1)"));

@@ -20,6 +20,7 @@ fn record(access_token: &str) -> SessionRecord {
             refresh_token: Some("rt".into()),
             id_token: None,
         },
+        unsettled_refresh: None,
     }
 }
 

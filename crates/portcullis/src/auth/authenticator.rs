@@ -7,7 +7,7 @@ use url::Url;
 
 use super::{
     CookieSettings, Failure, ProviderHandle, RequestKind,
-    refresh::{RefreshError, Refresher},
+    refresh::{RefreshError, Refresher, Timing},
     stats::{RefreshSnapshot, RefreshStats},
 };
 use crate::{
@@ -44,6 +44,10 @@ impl AuthError {
                 "session_store_unavailable",
                 "The session store is not answering. Your session is kept; please retry shortly.",
             ),
+            Self::Refresh(RefreshError::Settling(_)) => Failure::unavailable(
+                "identity_provider_unavailable",
+                "The identity provider did not answer the last renewal of your access. Your session is kept; please retry shortly.",
+            ),
             Self::Refresh(RefreshError::TimedOut(_)) => {
                 Failure::unavailable("refresh_timeout", "Renewing your access took too long. Your session is kept; please retry shortly.")
             }
@@ -79,7 +83,17 @@ impl Authenticator {
         let secret = config.session.secret.as_deref().unwrap_or_default().as_bytes();
         let stats = Arc::new(RefreshStats::default());
         Self(Arc::new(Inner {
-            refresher: Refresher::new(store.clone(), provider.clone(), config.refresh.max_wait, stats.clone()),
+            refresher: Refresher::new(
+                store.clone(),
+                provider.clone(),
+                Timing {
+                    max_wait: config.refresh.max_wait,
+                    lease_ttl: config.refresh.lease_ttl,
+                    poll_interval: config.refresh.poll_interval,
+                    settle_after_unknown: config.refresh.settle_after_unknown.unwrap_or(config.oidc.http_timeout),
+                },
+                stats.clone(),
+            ),
             store,
             codec: CookieCodec::new(secret),
             login_mac: MacKey::derive(secret, "portcullis/login-binding/v1"),

@@ -1,6 +1,6 @@
 //! `AuthLayer`: the tower middleware that puts a session in front of any axum/hyper service.
 //!
-//! ```ignore
+//! ```text
 //! let app = Router::new().route("/api", get(handler))
 //!     .layer(AuthLayer::new(authenticator, Unauthenticated::Login));
 //! ```

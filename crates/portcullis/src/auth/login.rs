@@ -129,7 +129,7 @@ impl Authenticator {
             let _ = inner.store.delete(&old.key()).await;
         }
         let session_id = SessionId::generate();
-        let record = SessionRecord { version: 1, created_at: now_millis(), identity, tokens };
+        let record = SessionRecord { version: 1, created_at: now_millis(), identity, tokens, unsettled_refresh: None };
         if let Err(e) = inner.store.create(&session_id.key(), &record).await {
             tracing::warn!(error = %e, "cannot store the new session");
             return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.")

@@ -1,15 +1,19 @@
-//! The refresh coordinator: one token refresh per session at a time, its result shared.
+//! The refresh coordinator: one token refresh per session, however many requests and instances.
 //!
-//! Life of a refresh (see ARCHITECTURE.md):
+//! Life of a refresh (ARCHITECTURE.md draws it):
 //! 1. A request finds its token expired (or due soon) and calls [`Refresher::refresh`].
-//! 2. The first caller for a session becomes the leader: a task is spawned that performs the
-//!    refresh, so a leader whose client disconnects does not cancel it for everyone else.
-//!    Later callers subscribe to the same result (single-flight) instead of starting their own.
-//! 3. The task re-reads the session: if its version moved, someone already refreshed — use it.
-//! 4. It calls the token endpoint, writes the new tokens with compare-and-set on the version it
-//!    read, and publishes the result to every waiter.
-//! 5. `invalid_grant`: re-read once more; a newer version means another writer won. Otherwise
-//!    the session is deleted: the refresh token is dead and must never be presented again.
+//! 2. In this process, the first caller for a session starts a [`RefreshTask`]; later callers
+//!    subscribe to its result (single flight). The task is spawned, so a leader whose client
+//!    disconnects does not cancel the refresh everyone else waits for.
+//! 3. The task takes the session's lease in the store. Held by another instance? It waits for
+//!    that instance's write (a change notification, or a bounded poll), then uses it; if the
+//!    holder died, the lease lapses and the task takes it.
+//! 4. Lease held: re-read. A newer version with a usable token means someone else refreshed.
+//! 5. Token endpoint. Success: compare-and-set on the version read in 4, which notifies waiters.
+//! 6. `invalid_grant`: re-read; a newer version means another holder won. Otherwise the refresh
+//!    token is dead: the session is deleted (and waiters notified).
+//! 7. A transient failure keeps the session; a request whose token is still valid is served
+//!    with it, one whose token expired gets a 503.
 
 use std::{
     collections::HashMap,
@@ -17,12 +21,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use super::{provider::ProviderHandle, stats::RefreshStats};
 use crate::{
+    crypto,
     oidc::TokenError,
-    session::{CasOutcome, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
+    session::{CasOutcome, SessionKey, SessionRecord, SessionStore, StoreError, UnsettledRefresh, now_millis},
 };
 
 /// Why a refresh produced no usable session.
@@ -34,6 +39,10 @@ pub enum RefreshError {
     /// The OP could not refresh now (down, slow, 5xx, refused); the session is kept.
     #[error(transparent)]
     Provider(#[from] TokenError),
+    /// An earlier refresh got no answer; the refresh token is not presented again until the
+    /// settle time has passed.
+    #[error("an earlier refresh got no answer; retrying in {0:?}")]
+    Settling(Duration),
     /// The OP has not been discovered yet.
     #[error("the OpenID Provider is not reachable yet")]
     ProviderNotReady,
@@ -45,37 +54,45 @@ pub enum RefreshError {
     TimedOut(Duration),
 }
 
+/// Timing of the refresh protocol (from `[refresh]` in the config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) max_wait: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) settle_after_unknown: Duration,
+}
+
 type Outcome = Result<Arc<SessionRecord>, RefreshError>;
 type Flight = watch::Receiver<Option<Outcome>>;
 
-/// Coordinates refreshes within this process.
+/// Coordinates refreshes: single flight in this process, a lease across processes.
 pub(crate) struct Refresher {
     store: Arc<dyn SessionStore>,
     provider: ProviderHandle,
-    max_wait: Duration,
+    timing: Timing,
     stats: Arc<RefreshStats>,
     // A std Mutex: held only to look up or insert a flight, never across an await.
     in_flight: Arc<Mutex<HashMap<SessionKey, Flight>>>,
 }
 
 impl Refresher {
-    pub(crate) fn new(store: Arc<dyn SessionStore>, provider: ProviderHandle, max_wait: Duration, stats: Arc<RefreshStats>) -> Self {
-        Self { store, provider, max_wait, stats, in_flight: Arc::default() }
+    pub(crate) fn new(store: Arc<dyn SessionStore>, provider: ProviderHandle, timing: Timing, stats: Arc<RefreshStats>) -> Self {
+        Self { store, provider, timing, stats, in_flight: Arc::default() }
     }
 
     /// Starts (or joins) the refresh of `key` and waits for its outcome, at most `max_wait`.
-    /// `seen` is the record the caller loaded; it is only a hint: the refresh re-reads.
+    /// `seen` is the record the caller loaded; the refresh re-reads, and a waiter only ever gets
+    /// the record the refresh produced, never its own stale copy.
     pub(crate) async fn refresh(&self, key: &SessionKey, seen: Arc<SessionRecord>) -> Outcome {
         let (mut flight, joined) = self.flight(key, seen);
         if joined {
             self.stats.waited_locally();
         }
-        let wait = flight.wait_for(Option::is_some);
-        match tokio::time::timeout(self.max_wait, wait).await {
+        match tokio::time::timeout(self.timing.max_wait, flight.wait_for(Option::is_some)).await {
             Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
             // The sender lives in the spawned task, which always sends before it ends.
-            Ok(Err(_)) => Err(RefreshError::TimedOut(self.max_wait)),
-            Err(_) => Err(RefreshError::TimedOut(self.max_wait)),
+            Ok(Err(_)) | Err(_) => Err(RefreshError::TimedOut(self.timing.max_wait)),
         }
     }
 
@@ -92,36 +109,108 @@ impl Refresher {
         }
         let (tx, rx) = watch::channel(None);
         in_flight.insert(key.clone(), rx.clone());
-        let task = RefreshTask { store: self.store.clone(), provider: self.provider.clone(), stats: self.stats.clone(), key: key.clone() };
+        let task = RefreshTask {
+            store: self.store.clone(),
+            provider: self.provider.clone(),
+            stats: self.stats.clone(),
+            timing: self.timing,
+            key: key.clone(),
+        };
         let registry = self.in_flight.clone();
-        let key = key.clone();
         tokio::spawn(async move {
             let outcome = task.run(seen).await;
-            if let Err(e) = &outcome {
-                tracing::warn!(session = %key, error = %e, "token refresh failed");
+            match &outcome {
+                Err(RefreshError::SessionEnded) => {}
+                Err(e) => tracing::warn!(session = %task.key, error = %e, "token refresh failed; session kept"),
+                Ok(_) => {}
             }
             // Unregister before publishing: a request arriving after this point loads the
             // session anew (and sees the new version) instead of joining a finished flight.
-            registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&task.key);
             let _ = tx.send(Some(outcome));
         });
         (rx, false)
     }
 }
 
+/// One refresh of one session, run by the process-local leader.
 struct RefreshTask {
     store: Arc<dyn SessionStore>,
     provider: ProviderHandle,
     stats: Arc<RefreshStats>,
+    timing: Timing,
     key: SessionKey,
+}
+
+/// Hash of a refresh token, to recognise it later without storing it twice.
+fn token_hash(token: &str) -> String {
+    crypto::b64(&crypto::sha256(token.as_bytes())[..12])
+}
+
+/// A lease owner token: unique per attempt, so a lapsed holder can never release or renew the
+/// lease a newcomer took.
+fn new_owner() -> String {
+    crypto::random_token::<16>()
 }
 
 impl RefreshTask {
     async fn run(&self, seen: Arc<SessionRecord>) -> Outcome {
-        let current = self.store.load(&self.key).await?.ok_or(RefreshError::SessionEnded)?;
-        if current.version != seen.version && current.tokens.usable(now_millis()) {
+        let deadline = Instant::now() + self.timing.max_wait;
+        // Watch before reading, so a write landing between the read and the wait wakes us.
+        let mut changes = self.store.watch(&self.key);
+        let mut waited_remotely = false;
+        loop {
+            let current = self.store.load(&self.key).await?.ok_or(RefreshError::SessionEnded)?;
+            if let Some(newer) = self.superseded(&seen, &current) {
+                return Ok(newer);
+            }
+            let owner = new_owner();
+            if self.store.try_lease(&self.key, &owner, self.timing.lease_ttl).await? {
+                let outcome = self.refresh_under_lease(&seen, &owner).await;
+                if let Err(e) = self.store.release_lease(&self.key, &owner).await {
+                    // It lapses by itself within lease_ttl.
+                    tracing::debug!(session = %self.key, error = %e, "lease release failed");
+                }
+                return outcome;
+            }
+            if !waited_remotely {
+                waited_remotely = true;
+                self.stats.waited_remotely();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RefreshError::TimedOut(self.timing.max_wait));
+            }
+            changes.changed(left.min(self.timing.poll_interval)).await;
+        }
+    }
+
+    /// `current` when someone else refreshed since the caller loaded `seen`.
+    fn superseded(&self, seen: &SessionRecord, current: &Arc<SessionRecord>) -> Option<Arc<SessionRecord>> {
+        let newer = current.version != seen.version && current.tokens != seen.tokens && current.tokens.usable(now_millis());
+        if newer {
             self.stats.reused_newer_version();
-            return Ok(current);
+        }
+        newer.then(|| current.clone())
+    }
+
+    async fn refresh_under_lease(&self, seen: &SessionRecord, owner: &str) -> Outcome {
+        let _watchdog = Watchdog::start(self.store.clone(), self.key.clone(), owner.to_string(), self.timing.lease_ttl, self.stats.clone());
+        // Re-read with the lease held: the previous holder may have written just before
+        // releasing.
+        let current = self.store.load(&self.key).await?.ok_or(RefreshError::SessionEnded)?;
+        if let Some(newer) = self.superseded(seen, &current) {
+            return Ok(newer);
+        }
+        let Some(refresh_token) = current.tokens.refresh_token.as_deref() else {
+            return Err(RefreshError::SessionEnded);
+        };
+        if let Some(unsettled) = &current.unsettled_refresh {
+            let settles_at = unsettled.at + self.timing.settle_after_unknown.as_millis() as u64;
+            let now = now_millis();
+            if unsettled.token_hash == token_hash(refresh_token) && now < settles_at {
+                return Err(RefreshError::Settling(Duration::from_millis(settles_at - now)));
+            }
         }
         let client = self.provider.get().ok_or(RefreshError::ProviderNotReady)?.clone();
         self.stats.grant_started();
@@ -131,9 +220,14 @@ impl RefreshTask {
             Ok(tokens) => {
                 let mut next = (*current).clone();
                 next.tokens = tokens;
+                next.unsettled_refresh = None;
                 self.write(current.version, next).await
             }
             Err(TokenError::InvalidGrant) => self.end_unless_superseded(current.version).await,
+            Err(e @ TokenError::OutcomeUnknown(_)) => {
+                self.mark_unsettled(&current, refresh_token).await;
+                Err(e.into())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -146,8 +240,10 @@ impl RefreshTask {
                 Ok(Arc::new(next))
             }
             CasOutcome::Conflict => {
-                // Someone wrote a newer version while we refreshed: theirs stands.
+                // A newer version exists although we held the lease (ours lapsed, or a logout
+                // and a new login raced us): theirs stands; ours is dropped, never written back.
                 self.stats.cas_conflict();
+                tracing::warn!(session = %self.key, "refresh lost a compare-and-set race; using the newer session version");
                 self.store.load(&self.key).await?.ok_or(RefreshError::SessionEnded)
             }
             CasOutcome::Gone => Err(RefreshError::SessionEnded),
@@ -159,6 +255,7 @@ impl RefreshTask {
     async fn end_unless_superseded(&self, based_on: u64) -> Outcome {
         if let Some(latest) = self.store.load(&self.key).await?
             && latest.version != based_on
+            && latest.tokens.usable(now_millis())
         {
             self.stats.reused_newer_version();
             return Ok(latest);
@@ -167,5 +264,47 @@ impl RefreshTask {
         self.stats.session_ended();
         tracing::info!(session = %self.key, "refresh token rejected by the OP (invalid_grant): session ended");
         Err(RefreshError::SessionEnded)
+    }
+
+    /// Records that the current refresh token's last presentation got no answer, so no instance
+    /// presents it again before the settle time (see ARCHITECTURE.md).
+    async fn mark_unsettled(&self, current: &SessionRecord, refresh_token: &str) {
+        let mut next = current.clone();
+        next.unsettled_refresh = Some(UnsettledRefresh { token_hash: token_hash(refresh_token), at: now_millis() });
+        match self.store.compare_and_set(&self.key, current.version, &next).await {
+            Ok(CasOutcome::Written(_)) => {}
+            Ok(other) => tracing::debug!(session = %self.key, ?other, "could not record the unsettled refresh"),
+            Err(e) => tracing::warn!(session = %self.key, error = %e, "could not record the unsettled refresh"),
+        }
+    }
+}
+
+/// Renews the lease every third of its TTL while the token call runs, so a slow OP never lets
+/// it lapse under a live holder (oauth2-proxy's fixed-TTL lock does, and a second instance then
+/// replays the rotated refresh token). Stops when dropped.
+struct Watchdog(tokio::task::JoinHandle<()>);
+
+impl Watchdog {
+    fn start(store: Arc<dyn SessionStore>, key: SessionKey, owner: String, ttl: Duration, stats: Arc<RefreshStats>) -> Self {
+        Self(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + ttl / 3, ttl / 3);
+            loop {
+                tick.tick().await;
+                match store.renew_lease(&key, &owner, ttl).await {
+                    Ok(true) => stats.lease_renewed(),
+                    Ok(false) => {
+                        tracing::warn!(session = %key, "refresh lease lost while refreshing; the version check still guards the write");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(session = %key, error = %e, "cannot renew the refresh lease"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

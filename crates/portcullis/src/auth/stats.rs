@@ -13,6 +13,8 @@ pub struct RefreshStats {
     failed_transient: AtomicU64,
     failed_outcome_unknown: AtomicU64,
     waited_locally: AtomicU64,
+    waited_remotely: AtomicU64,
+    lease_renewals: AtomicU64,
     cas_conflicts: AtomicU64,
     sessions_ended: AtomicU64,
     reused_newer_version: AtomicU64,
@@ -33,6 +35,10 @@ pub struct RefreshSnapshot {
     pub failed_outcome_unknown: u64,
     /// Requests that waited for a refresh another request of this process started.
     pub waited_locally: u64,
+    /// Refreshes that waited for another instance holding the lease.
+    pub waited_remotely: u64,
+    /// Lease renewals by the watchdog during slow token calls.
+    pub lease_renewals: u64,
     /// Compare-and-set writes that lost to a newer version.
     pub cas_conflicts: u64,
     /// Sessions deleted because their refresh token is definitively dead.
@@ -57,6 +63,12 @@ impl RefreshStats {
     pub(crate) fn waited_locally(&self) {
         self.waited_locally.fetch_add(1, Relaxed);
     }
+    pub(crate) fn waited_remotely(&self) {
+        self.waited_remotely.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn lease_renewed(&self) {
+        self.lease_renewals.fetch_add(1, Relaxed);
+    }
     pub(crate) fn cas_conflict(&self) {
         self.cas_conflicts.fetch_add(1, Relaxed);
     }
@@ -76,6 +88,8 @@ impl RefreshStats {
             failed_transient: self.failed_transient.load(Relaxed),
             failed_outcome_unknown: self.failed_outcome_unknown.load(Relaxed),
             waited_locally: self.waited_locally.load(Relaxed),
+            waited_remotely: self.waited_remotely.load(Relaxed),
+            lease_renewals: self.lease_renewals.load(Relaxed),
             cas_conflicts: self.cas_conflicts.load(Relaxed),
             sessions_ended: self.sessions_ended.load(Relaxed),
             reused_newer_version: self.reused_newer_version.load(Relaxed),

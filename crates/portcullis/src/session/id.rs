@@ -32,6 +32,11 @@ impl fmt::Debug for SessionId {
 }
 
 impl SessionKey {
+    /// A key as a store spelled it (e.g. in a change notification's channel name).
+    pub(crate) fn from_stored(text: &str) -> Self {
+        Self(text.to_string())
+    }
+
     /// The key as text (URL-safe base64, 24 characters).
     pub fn as_str(&self) -> &str {
         &self.0

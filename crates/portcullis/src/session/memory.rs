@@ -12,7 +12,7 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    CasOutcome, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError,
+    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError,
     record::{UnixMillis, now_millis},
 };
 
@@ -31,6 +31,10 @@ struct Inner {
     // takes the read side and bumps an atomic, so concurrent requests never queue behind it.
     sessions: RwLock<HashMap<SessionKey, Entry>>,
     logins: RwLock<HashMap<String, (PendingLogin, UnixMillis)>>,
+    /// Refresh leases: owner and expiry. In one process the refresh coordinator's single flight
+    /// already serializes refreshes; the lease is kept so the store honours the whole contract.
+    leases: RwLock<HashMap<SessionKey, (String, UnixMillis)>>,
+    changes: ChangeFeed,
 }
 
 struct Entry {
@@ -42,7 +46,13 @@ struct Entry {
 impl MemoryStore {
     /// An empty store; spawns a sweeper on the current Tokio runtime when there is one.
     pub fn new(lifetimes: Lifetimes) -> Self {
-        let inner = Arc::new(Inner { lifetimes, sessions: RwLock::default(), logins: RwLock::default() });
+        let inner = Arc::new(Inner {
+            lifetimes,
+            sessions: RwLock::default(),
+            logins: RwLock::default(),
+            leases: RwLock::default(),
+            changes: ChangeFeed::default(),
+        });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(sweep(Arc::downgrade(&inner)));
         }
@@ -69,6 +79,7 @@ async fn sweep(inner: Weak<Inner>) {
         let now = now_millis();
         write(&inner.sessions).retain(|_, e| e.expires_at.load(Ordering::Relaxed) > now);
         write(&inner.logins).retain(|_, (_, expires)| *expires > now);
+        write(&inner.leases).retain(|_, (_, expires)| *expires > now);
     }
 }
 
@@ -123,11 +134,14 @@ impl SessionStore for MemoryStore {
         let mut record = record.clone();
         record.version = expected + 1;
         entry.record = Arc::new(record);
+        drop(sessions);
+        self.inner.changes.publish(key.clone());
         Ok(CasOutcome::Written(expected + 1))
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         write(&self.inner.sessions).remove(key);
+        self.inner.changes.publish(key.clone());
         Ok(())
     }
 
@@ -140,5 +154,39 @@ impl SessionStore for MemoryStore {
     async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError> {
         let taken = write(&self.inner.logins).remove(state_key);
         Ok(taken.filter(|(_, expires)| *expires > now_millis()).map(|(login, _)| login))
+    }
+
+    async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let mut leases = write(&self.inner.leases);
+        if leases.get(key).is_some_and(|(_, expires)| *expires > now) {
+            return Ok(false);
+        }
+        leases.insert(key.clone(), (owner.to_string(), now + ttl.as_millis() as u64));
+        Ok(true)
+    }
+
+    async fn renew_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let mut leases = write(&self.inner.leases);
+        match leases.get_mut(key) {
+            Some((holder, expires)) if holder == owner && *expires > now => {
+                *expires = now + ttl.as_millis() as u64;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        let mut leases = write(&self.inner.leases);
+        if leases.get(key).is_some_and(|(holder, _)| holder == owner) {
+            leases.remove(key);
+        }
+        Ok(())
+    }
+
+    fn watch(&self, key: &SessionKey) -> ChangeWatch {
+        self.inner.changes.watch(key)
     }
 }

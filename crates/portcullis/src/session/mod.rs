@@ -2,14 +2,16 @@
 //!
 //! **Architecture invariant:** only `redis.rs` talks to Redis; `record.rs` and `id.rs` do no I/O.
 
+mod changes;
 mod id;
 mod memory;
 mod record;
 mod redis;
 mod store;
 
+pub use changes::{ChangeFeed, ChangeWatch};
 pub use id::{CookieCodec, SessionId, SessionKey};
 pub use memory::MemoryStore;
-pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, now_millis};
+pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, UnsettledRefresh, now_millis};
 pub use redis::RedisStore;
 pub use store::{CasOutcome, Lifetimes, PendingLogin, SessionStore, StoreError};

@@ -26,6 +26,19 @@ pub struct SessionRecord {
     pub identity: Identity,
     /// The tokens the OP issued, the latest generation.
     pub tokens: TokenSet,
+    /// Set when a refresh was sent but its answer never came: the OP may have consumed the
+    /// refresh token. See ARCHITECTURE.md, "Token requests with an unknown outcome".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsettled_refresh: Option<UnsettledRefresh>,
+}
+
+/// A refresh whose outcome is unknown.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UnsettledRefresh {
+    /// Hash of the refresh token that was presented (never the token itself).
+    pub token_hash: String,
+    /// When the answer was given up on.
+    pub at: UnixMillis,
 }
 
 /// The user, as the ID token described them at login.

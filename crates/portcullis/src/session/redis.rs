@@ -2,9 +2,10 @@
 //!
 //! Layout, one string per session so a request costs one `GETEX`:
 //! `portcullis:{<key>}:session` = `<version>|<json body>`. The version sits in front of the body
-//! so the compare-and-set script reads it without decoding JSON. The `{<key>}` hash tag keeps
-//! every key of one session (the lease, later) on one Redis Cluster slot, so one script can
-//! touch them together.
+//! so the compare-and-set script reads it without decoding JSON. `portcullis:{<key>}:lease`
+//! holds the refresh lease's owner. The `{<key>}` hash tag keeps every key of one session on one
+//! Redis Cluster slot, so one script can touch them together. Every write publishes on
+//! `portcullis:{<key>}:changed`, which wakes requests waiting on other instances.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,20 +13,40 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
-use super::{CasOutcome, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis};
+use super::{
+    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis};
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
 /// multiplexed connection interleave between callers (redis-rs #565), a script runs atomically.
 /// `KEEPTTL`: a refresh must not restart the idle clock — only use by the browser does.
 /// Returns 1 written, 0 version conflict, -1 session gone.
+/// The notification is published from inside the script, so no waiter can see the new version
+/// before the notification exists, nor the notification before the version.
 const CAS_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
 local sep = string.find(cur, '|', 1, true)
 if not sep or tonumber(string.sub(cur, 1, sep - 1)) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+redis.call('PUBLISH', ARGV[3], ARGV[1] + 1)
 return 1
 ";
+
+/// Extends the lease only for its owner: a holder whose lease lapsed and was taken by another
+/// instance must not extend the newcomer's lease.
+const RENEW_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// Compare-and-delete: a holder whose lease lapsed must not delete the newcomer's lease.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Pattern matching every session's change channel.
+const CHANGES_PATTERN: &str = "portcullis:{*}:changed";
 
 /// Sessions in Redis (single node for now; Sentinel and Cluster come through the same layout).
 #[derive(Clone)]
@@ -41,6 +62,11 @@ struct Inner {
     lifetimes: Lifetimes,
     timeout: Duration,
     cas: redis::Script,
+    renew: redis::Script,
+    release: redis::Script,
+    changes: ChangeFeed,
+    /// Started with the first `watch`: one pub/sub connection per process, fanned out in-process.
+    listener: std::sync::Once,
 }
 
 impl RedisStore {
@@ -48,7 +74,19 @@ impl RedisStore {
     /// operation, connection included.
     pub fn new(url: &str, lifetimes: Lifetimes, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
-        Ok(Self { inner: Arc::new(Inner { client, conn: OnceCell::new(), lifetimes, timeout, cas: redis::Script::new(CAS_SCRIPT) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                conn: OnceCell::new(),
+                lifetimes,
+                timeout,
+                cas: redis::Script::new(CAS_SCRIPT),
+                renew: redis::Script::new(RENEW_SCRIPT),
+                release: redis::Script::new(RELEASE_SCRIPT),
+                changes: ChangeFeed::default(),
+                listener: std::sync::Once::new(),
+            }),
+        })
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
@@ -87,6 +125,46 @@ impl RedisStore {
 
 fn session_key(key: &SessionKey) -> String {
     format!("portcullis:{{{key}}}:session")
+}
+
+fn lease_key(key: &SessionKey) -> String {
+    format!("portcullis:{{{key}}}:lease")
+}
+
+fn changes_channel(key: &SessionKey) -> String {
+    format!("portcullis:{{{key}}}:changed")
+}
+
+/// The session key in a change channel's name.
+fn key_of_channel(channel: &str) -> Option<SessionKey> {
+    channel.strip_prefix("portcullis:{")?.strip_suffix("}:changed").map(SessionKey::from_stored)
+}
+
+/// Forwards every session change published in Redis to the in-process feed, reconnecting with
+/// back-off. A notification lost while disconnected costs a waiter one poll interval, no more.
+async fn listen_for_changes(client: redis::Client, feed: ChangeFeed) {
+    use futures_util::StreamExt;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.psubscribe(CHANGES_PATTERN).await {
+                Ok(()) => {
+                    delay = Duration::from_millis(100);
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        if let Some(key) = key_of_channel(message.get_channel_name()) {
+                            feed.publish(key);
+                        }
+                    }
+                    tracing::warn!("redis change notifications interrupted; reconnecting");
+                }
+                Err(e) => tracing::warn!(error = %e, "redis: cannot subscribe to change notifications"),
+            },
+            Err(e) => tracing::debug!(error = %e, "redis: change notifications not connected"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 fn login_key(state_key: &str) -> String {
@@ -169,6 +247,7 @@ impl SessionStore for RedisStore {
                 .key(session_key(key))
                 .arg(expected)
                 .arg(encode(expected + 1, record))
+                .arg(changes_channel(key))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
@@ -184,7 +263,8 @@ impl SessionStore for RedisStore {
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.with_timeout(async {
             let mut conn = self.conn().await?;
-            let _: i64 = conn.del(session_key(key)).await.map_err(unavailable)?;
+            let _: (i64, i64) =
+                redis::pipe().del(session_key(key)).publish(changes_channel(key), 0).query_async(&mut conn).await.map_err(unavailable)?;
             Ok(())
         })
         .await
@@ -208,5 +288,49 @@ impl SessionStore for RedisStore {
             body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
         })
         .await
+    }
+
+    async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(lease_key(key))
+                .arg(owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(taken.is_some())
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let renewed: i64 =
+                self.inner.renew.key(lease_key(key)).arg(owner).arg(millis(ttl)).invoke_async(&mut conn).await.map_err(unavailable)?;
+            Ok(renewed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let _: i64 = self.inner.release.key(lease_key(key)).arg(owner).invoke_async(&mut conn).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn watch(&self, key: &SessionKey) -> ChangeWatch {
+        let inner = &self.inner;
+        inner.listener.call_once(|| {
+            tokio::spawn(listen_for_changes(inner.client.clone(), inner.changes.clone()));
+        });
+        inner.changes.watch(key)
     }
 }

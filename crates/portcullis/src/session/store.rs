@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{SessionKey, SessionRecord, record::UnixMillis};
+use super::{ChangeWatch, SessionKey, SessionRecord, record::UnixMillis};
 
 /// A store could not answer. Never a reason to end a session: the request gets a 503 and the
 /// session stays (DESIGN invariant 5).
@@ -95,4 +95,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Takes a pending login out: a second call with the same state gets `None`, so a replayed
     /// callback cannot log in twice.
     async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError>;
+
+    // Refresh coordination across instances (DESIGN.md, refresh protocol steps 3–5).
+
+    /// Takes the refresh lease of a session for `ttl` unless someone else holds it.
+    async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Extends the lease if `owner` still holds it; `false` means it was lost.
+    async fn renew_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Releases the lease if `owner` holds it (compare-and-delete: never someone else's).
+    async fn release_lease(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError>;
+
+    /// Watches a session for new versions and deletion, on this instance and on others.
+    fn watch(&self, key: &SessionKey) -> ChangeWatch;
 }
