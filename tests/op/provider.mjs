@@ -59,7 +59,9 @@ const PORT = envInt('PORT', undefined);
 if (PORT === undefined || PORT === 0 || PORT > 65535) fail('PORT is required (1-65535)');
 
 const HOST = '127.0.0.1'; // never bind anything but loopback
-const ISSUER = `http://${HOST}:${PORT}`; // no trailing slash
+// ISSUER may name another loopback address in front of this one (the tests put a TCP
+// forwarder there to make the OP unreachable on demand); it defaults to our own.
+const ISSUER = process.env.ISSUER || `http://${HOST}:${PORT}`; // no trailing slash
 
 const CLIENT_ID = process.env.CLIENT_ID || 'portcullis';
 const CLIENT_SECRET = process.env.CLIENT_SECRET || 'portcullis-secret';

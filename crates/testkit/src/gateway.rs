@@ -21,6 +21,10 @@ pub struct GatewayOptions {
     pub routes: Vec<(String, String, String)>,
     /// Extra TOML appended verbatim (e.g. a `[refresh]` table).
     pub extra: String,
+    /// `public_url` when not the gateway's own address (several instances behind one URL).
+    pub public_url: Option<String>,
+    /// Environment variables for the process (`PORTCULLIS_OIDC__HTTP_TIMEOUT`, …).
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -33,13 +37,16 @@ impl GatewayOptions {
             redis_url: None,
             routes: vec![("/".into(), upstream.into(), "login".into())],
             extra: String::new(),
+            public_url: None,
+            env: Vec::new(),
         }
     }
 
     fn toml(&self) -> String {
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\n[session]\nstore = \"{store}\"\nsecret = \"test-secret-test-secret-test-secret-0123\"\n",
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{public_url}\"\n\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\n[session]\nstore = \"{store}\"\nsecret = \"test-secret-test-secret-test-secret-0123\"\n",
             port = self.port,
+            public_url = self.public_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", self.port)),
             issuer = self.issuer,
             id = crate::op::CLIENT_ID,
             secret = crate::op::CLIENT_SECRET,
@@ -77,6 +84,7 @@ impl Gateway {
             .arg("--config")
             .arg(&config)
             .env("PORTCULLIS_LOG", "info,portcullis=debug")
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -115,10 +123,11 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Kills the process at once (SIGKILL).
-    pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+    /// Kills the process at once (SIGKILL), as a crash or an OOM kill would.
+    pub fn kill(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+            assert!(status.success());
         }
     }
 }

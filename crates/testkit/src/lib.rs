@@ -8,6 +8,7 @@
 //! - [`Browser`]: an HTTP client with a cookie jar that clicks through the OP's login form.
 
 mod browser;
+mod forwarder;
 mod gateway;
 mod op;
 mod process;
@@ -15,6 +16,7 @@ mod redis;
 mod upstream;
 
 pub use browser::{Browser, Hop};
+pub use forwarder::Forwarder;
 pub use gateway::{Gateway, GatewayOptions};
 pub use op::{CLIENT_ID, CLIENT_SECRET, Op, OpOptions};
 pub use process::{free_port, repo_root};

@@ -8,7 +8,10 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::process::{ensure_test_deps, free_port, repo_root};
+use crate::{
+    Forwarder,
+    process::{ensure_test_deps, free_port, repo_root},
+};
 
 /// How the OP is set up.
 #[derive(Debug, Clone)]
@@ -21,11 +24,14 @@ pub struct OpOptions {
     pub token_delay_ms: u64,
     /// Port to listen on; a free one when `None`.
     pub port: Option<u16>,
+    /// Put a [`Forwarder`] in front: the issuer is the forwarder's address, and
+    /// [`Op::set_reachable`] switches it.
+    pub behind_forwarder: bool,
 }
 
 impl Default for OpOptions {
     fn default() -> Self {
-        Self { access_token_ttl: 5, rotate_refresh_token: true, token_delay_ms: 0, port: None }
+        Self { access_token_ttl: 5, rotate_refresh_token: true, token_delay_ms: 0, port: None, behind_forwarder: false }
     }
 }
 
@@ -39,6 +45,7 @@ pub struct Op {
     port: u16,
     _child: Child,
     http: reqwest::Client,
+    forwarder: Option<Forwarder>,
 }
 
 impl Op {
@@ -46,11 +53,18 @@ impl Op {
     pub async fn start(options: OpOptions, gateway_urls: &[String]) -> Self {
         ensure_test_deps();
         let port = options.port.unwrap_or_else(free_port);
+        let forwarder =
+            if options.behind_forwarder { Some(Forwarder::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await) } else { None };
+        let issuer = match &forwarder {
+            Some(f) => format!("http://127.0.0.1:{}", f.port()),
+            None => format!("http://127.0.0.1:{port}"),
+        };
         let redirects: Vec<String> = gateway_urls.iter().map(|g| format!("{g}/oauth2/callback")).collect();
         let root = repo_root();
         let mut child = Command::new("node")
             .arg(root.join("tests/op/provider.mjs"))
             .env("PORT", port.to_string())
+            .env("ISSUER", &issuer)
             .env("CLIENT_ID", CLIENT_ID)
             .env("CLIENT_SECRET", CLIENT_SECRET)
             .env("REDIRECT_URIS", redirects.join(","))
@@ -78,12 +92,27 @@ impl Op {
         assert!(matches!(ready, Ok(true)), "the OP did not print READY");
         // Keep draining stdout so the OP never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { port, _child: child, http: reqwest::Client::new() }
+        Self { port, _child: child, http: reqwest::Client::new(), forwarder }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// The issuer URL (the forwarder's address when there is one).
     pub fn issuer(&self) -> String {
+        match &self.forwarder {
+            Some(f) => format!("http://127.0.0.1:{}", f.port()),
+            None => self.direct(),
+        }
+    }
+
+    /// The OP's own address, bypassing any forwarder (for test control calls and for the
+    /// upstream's introspection, which must work while the gateway cannot reach the OP).
+    pub fn direct(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes the OP reachable or not (connection refused); needs `behind_forwarder`.
+    pub async fn set_reachable(&self, reachable: bool) {
+        let forwarder = self.forwarder.as_ref().expect("OpOptions::behind_forwarder");
+        if reachable { forwarder.up().await } else { forwarder.down() }
     }
 
     /// The port.
@@ -93,7 +122,7 @@ impl Op {
 
     /// The OP's counters (`grants`, `grant_outcomes`, `introspections`, `revocations`).
     pub async fn stats(&self) -> Value {
-        self.http.get(format!("{}/__test/stats", self.issuer())).send().await.unwrap().json().await.unwrap()
+        self.http.get(format!("{}/__test/stats", self.direct())).send().await.unwrap().json().await.unwrap()
     }
 
     /// Number of `refresh_token` grants the token endpoint received.
@@ -103,7 +132,7 @@ impl Op {
 
     /// Changes behaviour at runtime (`rotate_refresh_token`, `token_delay_ms`, `token_fail`).
     pub async fn configure(&self, config: Value) {
-        let r = self.http.post(format!("{}/__test/config", self.issuer())).json(&config).send().await.unwrap();
+        let r = self.http.post(format!("{}/__test/config", self.direct())).json(&config).send().await.unwrap();
         assert!(r.status().is_success(), "OP refused config {config}");
     }
 
@@ -111,7 +140,7 @@ impl Op {
     pub async fn introspect(&self, token: &str) -> bool {
         let body: Value = self
             .http
-            .post(format!("{}/token/introspection", self.issuer()))
+            .post(format!("{}/token/introspection", self.direct()))
             .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
             .form(&[("token", token)])
             .send()

@@ -49,6 +49,22 @@ impl Redis {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections hang, data is kept.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("redis-server is running");
+        let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
         self.stop().await;

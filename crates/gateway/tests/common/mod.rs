@@ -32,7 +32,7 @@ impl Setup {
         };
         let mut options = GatewayOptions::new("http://placeholder", "http://placeholder");
         let op = Op::start(op_options, &[format!("http://127.0.0.1:{}", options.port)]).await;
-        let upstream = Upstream::start(Some(op.issuer())).await;
+        let upstream = Upstream::start(Some(op.direct())).await;
         options.issuer = op.issuer();
         options.routes = vec![
             ("/".into(), upstream.url(), "login".into()),

@@ -95,9 +95,9 @@ impl OidcClient {
             ("redirect_uri", self.redirect_uri.to_string()),
             ("code_verifier", code_verifier.to_string()),
         ];
-        let issued_at = now_millis();
         let response =
             token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        let issued_at = received_at();
         let id_token = response.id_token.as_deref().ok_or(OidcError::IdToken("the token response has no id_token".into()))?;
         let claims = id_token::validate(id_token, &self.jwks, &self.expect(Some(nonce), None)).await?;
         let identity = self.identity(claims)?;
@@ -111,9 +111,9 @@ impl OidcClient {
             return Err(TokenError::InvalidGrant);
         };
         let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token)];
-        let issued_at = now_millis();
         let response =
             token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        let issued_at = received_at();
         if let Some(id_token) = response.id_token.as_deref() {
             id_token::validate(id_token, &self.jwks, &self.expect(None, Some(subject)))
                 .await
@@ -182,6 +182,14 @@ impl OidcClient {
         }
         Ok(Identity { subject, user, email, groups, claims })
     }
+}
+
+/// The clock reading that `expires_in` counts from. The OP starts the clock when it processes
+/// the request, somewhere between our send and our receive; the receive time is off only by the
+/// answer's transit, while the send time can be off by the OP's whole queueing delay, which
+/// would make a slow OP's fresh tokens look expired on arrival.
+fn received_at() -> u64 {
+    now_millis()
 }
 
 fn tokens_from(response: TokenResponse, issued_at: u64, previous: Option<&TokenSet>) -> TokenSet {
