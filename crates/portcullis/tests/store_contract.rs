@@ -63,8 +63,13 @@ async fn concurrent_writers_one_wins(store: Arc<dyn SessionStore>) {
 }
 
 async fn logins_are_taken_once(store: Arc<dyn SessionStore>) {
-    let login =
-        PendingLogin { code_verifier: "v".into(), nonce: "n".into(), return_to: "/x".into(), browser_binding: "b".into(), started_at: now_millis() };
+    let login = PendingLogin {
+        code_verifier: "v".into(),
+        nonce: "n".into(),
+        return_to: "/x".into(),
+        browser_binding: "b".into(),
+        started_at: now_millis(),
+    };
     store.put_login("state-a", &login, Duration::from_secs(60)).await.unwrap();
     assert_eq!(store.take_login("state-a").await.unwrap().unwrap().return_to, "/x");
     assert!(store.take_login("state-a").await.unwrap().is_none(), "a replayed state must find nothing");
