@@ -15,7 +15,8 @@ use crate::{app, health::Readiness};
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let lifetimes = Lifetimes { idle: config.session.idle_timeout, absolute: config.session.absolute_timeout };
     let (store, redis): (Arc<dyn SessionStore>, _) = match config.session.store {
-        StoreKind::Memory => (Arc::new(MemoryStore::new(lifetimes)), None),
+        // The cookie store keeps sessions in the browser; pending logins stay in memory.
+        StoreKind::Memory | StoreKind::Cookie => (Arc::new(MemoryStore::new(lifetimes)), None),
         StoreKind::Redis => {
             let url = config.session.redis_url.as_deref().context("session.redis_url is required")?;
             let redis = Arc::new(RedisStore::new(url, lifetimes, config.session.store_timeout)?);

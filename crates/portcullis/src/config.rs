@@ -98,6 +98,8 @@ pub enum StoreKind {
     Memory,
     /// Redis: tokens server-side, shared by any number of instances.
     Redis,
+    /// Encrypted cookies: no server-side state; one instance (see the README's limits).
+    Cookie,
 }
 
 /// Session storage and cookie behaviour.
@@ -116,6 +118,10 @@ pub struct SessionConfig {
     /// File holding `secret`.
     #[serde(default)]
     pub secret_file: Option<std::path::PathBuf>,
+    /// Earlier secrets, still accepted for reading cookie-store sessions after a key rotation
+    /// (new cookies are sealed with `secret`). Drop one once `absolute_timeout` has passed.
+    #[serde(default, skip_serializing)]
+    pub previous_secrets: Vec<String>,
     /// Cookie name; gets the `__Host-` prefix when `public_url` is https.
     #[serde(default = "default_cookie_name")]
     pub cookie_name: String,
@@ -160,6 +166,11 @@ pub struct RefreshConfig {
     /// refresh token again (default: `oidc.http_timeout`). See ARCHITECTURE.md.
     #[serde(default, with = "humantime_serde")]
     pub settle_after_unknown: Option<Duration>,
+    /// Cookie store: how long a superseded cookie keeps working after a refresh replaced it
+    /// (its requests get the new tokens and the new cookie instead of replaying a consumed
+    /// refresh token).
+    #[serde(default = "default_grace_period", with = "humantime_serde")]
+    pub grace_period: Duration,
 }
 
 impl Default for RefreshConfig {
@@ -171,6 +182,7 @@ impl Default for RefreshConfig {
             lease_ttl: default_lease_ttl(),
             poll_interval: default_poll_interval(),
             settle_after_unknown: None,
+            grace_period: default_grace_period(),
         }
     }
 }
@@ -245,6 +257,9 @@ fn default_max_wait() -> Duration {
 }
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(5)
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_poll_interval() -> Duration {
     Duration::from_millis(250)
@@ -331,6 +346,9 @@ impl Config {
             Some(s) if s.len() >= 32 => {}
             Some(_) => return Err(invalid("session.secret", "must be at least 32 bytes (e.g. `openssl rand -base64 48`)")),
             None => return Err(invalid("session.secret", "missing (set it, session.secret_file, or PORTCULLIS_SESSION__SECRET)")),
+        }
+        if self.session.previous_secrets.iter().any(|s| s.len() < 32) {
+            return Err(invalid("session.previous_secrets", "every secret must be at least 32 bytes"));
         }
         if self.session.store == StoreKind::Redis && self.session.redis_url.is_none() {
             return Err(invalid("session.redis_url", "required when session.store = \"redis\""));

@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod config;
+mod cookie_header;
 mod crypto;
 pub mod oidc;
 pub mod session;

@@ -7,11 +7,12 @@ use url::Url;
 
 use super::{
     CookieSettings, Failure, ProviderHandle, RequestKind,
+    cookie_sessions::CookieSessions,
     refresh::{RefreshError, Refresher, Timing},
     stats::{RefreshSnapshot, RefreshStats},
 };
 use crate::{
-    config::{Config, RefreshConfig},
+    config::{Config, RefreshConfig, StoreKind},
     crypto::MacKey,
     session::{CookieCodec, Freshness, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
 };
@@ -23,6 +24,10 @@ pub struct Session {
     pub key: SessionKey,
     /// The record, with tokens fresh enough to forward.
     pub record: Arc<SessionRecord>,
+    /// `Set-Cookie` headers the response must carry: only with the cookie store, after a
+    /// refresh re-sealed the session. Always empty with a server-side store (the cookie never
+    /// changes there).
+    pub set_cookies: Vec<http::HeaderValue>,
 }
 
 /// Why a request could not be authenticated. Never means "log out": see [`AuthError::failure`].
@@ -64,7 +69,10 @@ impl AuthError {
 pub struct Authenticator(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
+    /// Server-side sessions, and pending logins in every mode.
     pub(crate) store: Arc<dyn SessionStore>,
+    /// Set when sessions live in encrypted cookies instead of `store`.
+    pub(crate) cookie_sessions: Option<CookieSessions>,
     pub(crate) codec: CookieCodec,
     /// Keys the login-binding cookie: a different key from the session cookie's MAC.
     pub(crate) login_mac: MacKey,
@@ -78,11 +86,17 @@ pub(crate) struct Inner {
 }
 
 impl Authenticator {
-    /// An authenticator over `store`, talking to the OP through `provider`.
+    /// An authenticator over `store`, talking to the OP through `provider`. With
+    /// `session.store = "cookie"`, sessions live in encrypted cookies and `store` only keeps
+    /// pending logins.
     pub fn new(config: &Config, store: Arc<dyn SessionStore>, provider: ProviderHandle) -> Self {
         let secret = config.session.secret.as_deref().unwrap_or_default().as_bytes();
         let stats = Arc::new(RefreshStats::default());
+        let cookies = CookieSettings::new(&config.session.cookie_name, config.secure_cookies(), config.session.absolute_timeout);
+        let cookie_sessions = (config.session.store == StoreKind::Cookie)
+            .then(|| CookieSessions::new(config, cookies.clone(), provider.clone(), stats.clone()));
         Self(Arc::new(Inner {
+            cookie_sessions,
             refresher: Refresher::new(
                 store.clone(),
                 provider.clone(),
@@ -97,7 +111,7 @@ impl Authenticator {
             store,
             codec: CookieCodec::new(secret),
             login_mac: MacKey::derive(secret, "portcullis/login-binding/v1"),
-            cookies: CookieSettings::new(&config.session.cookie_name, config.secure_cookies(), config.session.absolute_timeout),
+            cookies,
             provider,
             stats,
             public_url: config.public_url.clone(),
@@ -126,11 +140,6 @@ impl Authenticator {
         self.0.stats.snapshot()
     }
 
-    /// Whether the request carries a session cookie signed by this gateway (live or not).
-    pub fn has_session_cookie(&self, headers: &HeaderMap) -> bool {
-        super::cookies::find(headers, &self.0.cookies.session_name).and_then(|v| self.0.codec.decode(v)).is_some()
-    }
-
     /// The request's session with a forwardable access token, `None` when there is no session
     /// (no cookie, a forged one, expired, or ended by the OP), or an error that must not end it.
     ///
@@ -138,6 +147,9 @@ impl Authenticator {
     /// in the background and the current one forwarded; an expired one waits for the refresh.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Session>, AuthError> {
         let inner = &self.0;
+        if let Some(cookie_sessions) = &inner.cookie_sessions {
+            return cookie_sessions.authenticate(headers).await.map_err(AuthError::Refresh);
+        }
         let Some(value) = super::cookies::find(headers, &inner.cookies.session_name) else { return Ok(None) };
         let Some(id) = inner.codec.decode(value) else {
             tracing::info!("session cookie rejected: malformed or not signed by this gateway");
@@ -146,19 +158,19 @@ impl Authenticator {
         let key = id.key();
         let Some(record) = inner.store.load(&key).await? else { return Ok(None) };
         match record.tokens.freshness(now_millis(), inner.refresh.leeway_fraction, inner.refresh.leeway_max) {
-            Freshness::Fresh => Ok(Some(Session { key, record })),
+            Freshness::Fresh => Ok(Some(Session { key, record, set_cookies: Vec::new() })),
             Freshness::DueSoon if record.tokens.refresh_token.is_some() => {
                 inner.refresher.refresh_in_background(&key, record.clone());
-                Ok(Some(Session { key, record }))
+                Ok(Some(Session { key, record, set_cookies: Vec::new() }))
             }
-            Freshness::DueSoon => Ok(Some(Session { key, record })),
+            Freshness::DueSoon => Ok(Some(Session { key, record, set_cookies: Vec::new() })),
             Freshness::Expired if record.tokens.refresh_token.is_none() => {
                 // Nothing to refresh with: the session is over when its token is.
                 let _ = inner.store.delete(&key).await;
                 Ok(None)
             }
             Freshness::Expired => match inner.refresher.refresh(&key, record).await {
-                Ok(record) => Ok(Some(Session { key, record })),
+                Ok(record) => Ok(Some(Session { key, record, set_cookies: Vec::new() })),
                 Err(RefreshError::SessionEnded) => Ok(None),
                 Err(RefreshError::Store(e)) => Err(AuthError::Store(e)),
                 Err(e) => Err(AuthError::Refresh(e)),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cookie::{Cookie, SameSite};
-use http::{HeaderMap, HeaderValue, header};
+use http::HeaderValue;
 
 /// Names and attributes of the gateway's cookies.
 #[derive(Debug, Clone)]
@@ -28,7 +28,12 @@ impl CookieSettings {
 
     /// `Set-Cookie` for a session.
     pub fn session(&self, value: String) -> HeaderValue {
-        let cookie = Cookie::build((self.session_name.clone(), value))
+        self.session_named(&self.session_name, value)
+    }
+
+    /// `Set-Cookie` for a session cookie (or one chunk of a cookie-store session) named `name`.
+    pub fn session_named(&self, name: &str, value: String) -> HeaderValue {
+        let cookie = Cookie::build((name.to_string(), value))
             .path("/")
             .http_only(true)
             .same_site(SameSite::Lax)
@@ -39,7 +44,12 @@ impl CookieSettings {
 
     /// `Set-Cookie` that removes the session cookie.
     pub fn clear_session(&self) -> HeaderValue {
-        let cookie = Cookie::build((self.session_name.clone(), ""))
+        self.clear_named(&self.session_name)
+    }
+
+    /// `Set-Cookie` that removes the session cookie (or chunk) named `name`.
+    pub fn clear_named(&self, name: &str) -> HeaderValue {
+        let cookie = Cookie::build((name.to_string(), ""))
             .path("/")
             .http_only(true)
             .same_site(SameSite::Lax)
@@ -75,22 +85,12 @@ fn header_value(cookie: Cookie<'_>) -> HeaderValue {
     HeaderValue::try_from(cookie.to_string()).expect("cookie names and values are header-safe")
 }
 
-/// The value of cookie `name` in a request, from any `Cookie` header. When a cookie appears
-/// twice (a stale one on a parent path), the first is taken, as browsers send the most
-/// specific first.
-pub(crate) fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"'))
-}
+pub(crate) use crate::cookie_header::find;
 
 #[cfg(test)]
 mod tests {
+    use http::{HeaderMap, header};
+
     use super::*;
 
     #[test]

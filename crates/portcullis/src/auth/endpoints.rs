@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
 use super::{Authenticator, Failure, RequestKind, login::CallbackQuery, return_to::safe_return_path};
+use crate::session::{SessionKey, SessionRecord, StoreError};
 
 /// `rd` parameter of start and sign-out.
 #[derive(Debug, Deserialize)]
@@ -40,39 +41,52 @@ async fn callback(State(auth): State<Authenticator>, headers: HeaderMap, Query(q
 /// logged in at the gateway.
 async fn sign_out(State(auth): State<Authenticator>, headers: HeaderMap, Query(q): Query<ReturnQuery>) -> Response {
     let inner = &auth.0;
+    let mut clear = vec![inner.cookies.clear_session()];
+    let ended = match &inner.cookie_sessions {
+        Some(cookie_sessions) => cookie_sessions.read(&headers).map(|payload| {
+            clear = cookie_sessions.end(&payload.key, &headers);
+            (payload.key, payload.record)
+        }),
+        None => match end_stored_session(&auth, &headers).await {
+            Ok(ended) => ended,
+            Err(failure) => return failure.respond(RequestKind::of(&headers)),
+        },
+    };
     let mut id_token = None;
-    if let Some(id) = super::cookies::find(&headers, &inner.cookies.session_name).and_then(|v| inner.codec.decode(v)) {
-        let key = id.key();
-        match inner.store.load(&key).await {
-            Ok(Some(record)) => {
-                if let Err(e) = inner.store.delete(&key).await {
-                    tracing::warn!(session = %key, error = %e, "logout: cannot delete the session");
-                    return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.")
-                        .respond(RequestKind::of(&headers));
-                }
-                tracing::info!(session = %key, user = %record.identity.user, "logged out");
-                if let (Some(rt), Some(client)) = (record.tokens.refresh_token.as_deref(), inner.provider.get())
-                    && let Err(e) = client.revoke_refresh_token(rt).await
-                {
-                    tracing::warn!(session = %key, error = %e, "logout: refresh token revocation failed");
-                }
-                id_token = record.tokens.id_token.clone();
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "logout: session store unavailable");
-                return Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.")
-                    .respond(RequestKind::of(&headers));
-            }
+    if let Some((key, record)) = ended {
+        tracing::info!(session = %key, user = %record.identity.user, "logged out");
+        if let (Some(rt), Some(client)) = (record.tokens.refresh_token.as_deref(), inner.provider.get())
+            && let Err(e) = client.revoke_refresh_token(rt).await
+        {
+            tracing::warn!(session = %key, error = %e, "logout: refresh token revocation failed");
         }
+        id_token = record.tokens.id_token;
     }
     let local = q.rd.as_deref().and_then(safe_return_path).unwrap_or("/").to_string();
     let target = inner.provider.get().and_then(|c| c.end_session_url(id_token.as_deref())).map(String::from).unwrap_or(local);
     let mut response = Redirect::to(&target).into_response();
     *response.status_mut() = StatusCode::FOUND;
-    response.headers_mut().append(header::SET_COOKIE, inner.cookies.clear_session());
+    for cookie in clear {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Deletes the request's server-side session; returns what it held.
+async fn end_stored_session(auth: &Authenticator, headers: &HeaderMap) -> Result<Option<(SessionKey, SessionRecord)>, Failure> {
+    let inner = &auth.0;
+    let Some(id) = super::cookies::find(headers, &inner.cookies.session_name).and_then(|v| inner.codec.decode(v)) else {
+        return Ok(None);
+    };
+    let key = id.key();
+    let unavailable = |e: StoreError| {
+        tracing::warn!(session = %key, error = %e, "logout: session store unavailable");
+        Failure::unavailable("session_store_unavailable", "Logging out is not possible right now. Please retry.")
+    };
+    let Some(record) = inner.store.load(&key).await.map_err(unavailable)? else { return Ok(None) };
+    inner.store.delete(&key).await.map_err(unavailable)?;
+    Ok(Some((key.clone(), (*record).clone())))
 }
 
 /// The session's user claims as JSON; 401 without a session.

@@ -81,8 +81,13 @@ where
                     identity_headers::strip_client_identity(headers, true);
                     identity_headers::set_identity(headers, &session.record);
                     identity_headers::strip_cookie(headers, &cookie_name);
+                    let set_cookies = session.set_cookies.clone();
                     req.extensions_mut().insert(session);
-                    inner.call(req).await
+                    let mut response = inner.call(req).await?;
+                    for cookie in set_cookies {
+                        response.headers_mut().append(http::header::SET_COOKIE, cookie);
+                    }
+                    Ok(response)
                 }
                 Ok(None) | Err(_) if policy == Unauthenticated::Allow => {
                     identity_headers::strip_client_identity(headers, false);

@@ -124,22 +124,44 @@ impl Authenticator {
             Ok(result) => result,
             Err(e) => return login_failed(&e, start_over),
         };
-        // A previous session of this browser ends here: the new login gets a new id (no fixation).
-        if let Some(old) = super::cookies::find(headers, &inner.cookies.session_name).and_then(|v| inner.codec.decode(v)) {
-            let _ = inner.store.delete(&old.key()).await;
-        }
-        let session_id = SessionId::generate();
         let record = SessionRecord { version: 1, created_at: now_millis(), identity, tokens, unsettled_refresh: None };
-        if let Err(e) = inner.store.create(&session_id.key(), &record).await {
-            tracing::warn!(error = %e, "cannot store the new session");
-            return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.")
-                .respond(kind);
+        let user = record.identity.user.clone();
+        let set_cookies = match &inner.cookie_sessions {
+            Some(cookie_sessions) => match cookie_sessions.issue(record, headers) {
+                Some(cookies) => cookies,
+                None => {
+                    return Failure::bad_request("session_too_large", "The identity provider's tokens are too large for cookies.")
+                        .respond(kind);
+                }
+            },
+            None => {
+                // A previous session of this browser ends here: the new login gets a new id
+                // (no session fixation).
+                if let Some(old) = super::cookies::find(headers, &inner.cookies.session_name).and_then(|v| inner.codec.decode(v)) {
+                    let _ = inner.store.delete(&old.key()).await;
+                }
+                let session_id = SessionId::generate();
+                if let Err(e) = inner.store.create(&session_id.key(), &record).await {
+                    tracing::warn!(error = %e, "cannot store the new session");
+                    return Failure::unavailable(
+                        "session_store_unavailable",
+                        "Logging in is not possible right now. Please retry shortly.",
+                    )
+                    .respond(kind);
+                }
+                tracing::info!(session = %session_id.key(), %user, "logged in");
+                vec![inner.cookies.session(inner.codec.encode(&session_id))]
+            }
+        };
+        if inner.cookie_sessions.is_some() {
+            tracing::info!(%user, "logged in (cookie store)");
         }
-        tracing::info!(session = %session_id.key(), user = %record.identity.user, "logged in");
         let mut response = Redirect::to(&pending.return_to).into_response();
         *response.status_mut() = http::StatusCode::FOUND;
         let h = response.headers_mut();
-        h.append(header::SET_COOKIE, inner.cookies.session(inner.codec.encode(&session_id)));
+        for cookie in set_cookies {
+            h.append(header::SET_COOKIE, cookie);
+        }
         h.append(header::SET_COOKIE, inner.cookies.clear_login_binding(id));
         h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         response

@@ -1,6 +1,7 @@
 //! Authentication of browser sessions: login, the refresh coordinator, the tower layer.
 
 mod authenticator;
+mod cookie_sessions;
 mod cookies;
 mod endpoints;
 pub mod identity_headers;

@@ -46,6 +46,8 @@ pub(crate) async fn validate(token: &str, jwks: &JwksCache, expect: &Expectation
     validation.set_audience(&[expect.client_id]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     validation.leeway = expect.clock_skew.as_secs();
+    // RFC 7519 §4.1.5: not before `nbf` (jsonwebtoken leaves this check off by default).
+    validation.validate_nbf = true;
     let claims: Claims = jsonwebtoken::decode(token, &key, &validation).map_err(|e| OidcError::IdToken(e.to_string()))?.claims;
 
     check_iat(&claims, expect.clock_skew)?;
@@ -64,8 +66,9 @@ pub(crate) async fn validate(token: &str, jwks: &JwksCache, expect: &Expectation
 }
 
 fn check_iat(claims: &Claims, skew: Duration) -> Result<(), OidcError> {
-    let iat = claims.get("iat").and_then(Value::as_u64).ok_or_else(|| OidcError::IdToken("no iat".into()))?;
-    if iat > jsonwebtoken::get_current_timestamp() + skew.as_secs() {
+    // NumericDate may be fractional (RFC 7519 §2).
+    let iat = claims.get("iat").and_then(Value::as_f64).filter(|t| *t >= 0.0).ok_or_else(|| OidcError::IdToken("no iat".into()))?;
+    if iat > (jsonwebtoken::get_current_timestamp() + skew.as_secs()) as f64 {
         return Err(OidcError::IdToken("issued in the future".into()));
     }
     Ok(())
@@ -106,3 +109,7 @@ mod tests {
         assert!(check_azp(&claims(serde_json::json!({"aud": "gw", "azp": "other"})), "gw").is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "id_token_tests.rs"]
+mod tests_forged;

@@ -56,8 +56,10 @@ impl JwksCache {
             }
             let cooling = last.is_some_and(|t| t.elapsed() < REFETCH_COOL_DOWN);
             if !cooling {
-                let fresh = fetch(&self.http, &self.uri).await?;
+                // The attempt starts the cool-down, whether or not it succeeds: an OP whose JWKS
+                // endpoint fails must not turn each forged kid into another fetch.
                 *last = Some(Instant::now());
+                let fresh = fetch(&self.http, &self.uri).await?;
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
             }
         }

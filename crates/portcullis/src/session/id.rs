@@ -10,7 +10,8 @@ pub struct SessionId([u8; 32]);
 
 /// The name a session has in the store and in logs: a hash of the id, so that read access to
 /// the store (or to the logs) does not hand out working cookies.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct SessionKey(String);
 
 impl SessionId {

@@ -7,6 +7,7 @@ mod id;
 mod memory;
 mod record;
 mod redis;
+mod sealed_cookie;
 mod store;
 
 pub use changes::{ChangeFeed, ChangeWatch};
@@ -14,4 +15,5 @@ pub use id::{CookieCodec, SessionId, SessionKey};
 pub use memory::MemoryStore;
 pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, UnsettledRefresh, now_millis};
 pub use redis::RedisStore;
+pub use sealed_cookie::{CookiePayload, CookieSealer, MAX_CHUNKS, chunk_name, chunks_present, join as join_chunks, split as split_chunks};
 pub use store::{CasOutcome, Lifetimes, PendingLogin, SessionStore, StoreError};
