@@ -284,3 +284,47 @@ async fn unknown_outcome_consumed_ends_session_cleanly() {
     assert_eq!(c.op.refresh_grants().await, 2);
     assert!(c.upstream.seen().is_empty(), "nothing forwarded with a dead token");
 }
+
+/// Inside the leeway the token is still valid: the request is forwarded at once with it and
+/// the refresh runs behind it; the next request carries the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proactive_refresh_does_not_make_requests_wait() {
+    let c = Cluster::start(1, OpOptions { access_token_ttl: 8, token_delay_ms: 0, ..OpOptions::default() }, &[]).await;
+    let first = c.burst(1, &[0], "fresh").await;
+    assert_eq!(first[0].0, 200);
+    let old_token = c.upstream.last().unwrap().bearer;
+    c.op.configure(serde_json::json!({ "token_delay_ms": 1500 })).await;
+    // 8 s token, 25 % leeway: due from 6 s, expired (minus the 1 s in-flight margin) at 7 s.
+    tokio::time::sleep(Duration::from_millis(6200)).await;
+    let started = std::time::Instant::now();
+    let due = c.burst(5, &[0], "due").await;
+    let took = started.elapsed();
+    assert!(due.iter().all(|r| r.0 == 200), "{due:?}");
+    assert!(took < Duration::from_millis(1000), "requests inside the leeway must not wait for the 1.5 s refresh: {took:?}");
+    assert!(c.upstream.seen().iter().all(|s| s.bearer == old_token), "forwarded with the still-valid token");
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(c.burst(1, &[0], "after").await[0].0, 200);
+    assert_ne!(c.upstream.last().unwrap().bearer, old_token, "the background refresh landed");
+    assert_eq!(c.op.refresh_grants().await, 1, "one background refresh for the five requests");
+}
+
+/// A refresh slower than `refresh.max_wait`: waiters get a clear 503 at the deadline, never a
+/// hang, and the session is kept: once the refresh lands, requests are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_give_up_with_503_at_max_wait() {
+    let c = Cluster::start(1, OpOptions { access_token_ttl: 2, ..OpOptions::default() }, &[("PORTCULLIS_REFRESH__MAX_WAIT", "1s")]).await;
+    c.op.configure(serde_json::json!({ "token_delay_ms": 2500 })).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let started = std::time::Instant::now();
+    let waited = c.burst(5, &[0], "waiting").await;
+    let took = started.elapsed();
+    for (status, _, body) in &waited {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("refresh_timeout"), "{body}");
+    }
+    assert!(took < Duration::from_millis(2000), "answered at the 1 s deadline, took {took:?}");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let after = c.burst(5, &[0], "after").await;
+    assert!(after.iter().all(|r| r.0 == 200), "{after:?}\n{}", c.logs());
+    assert_eq!(c.op.refresh_grants().await, 1);
+}
