@@ -142,3 +142,27 @@ async fn route_policies(store: Store) {
     assert_eq!(r.status(), 302);
     assert!(r.headers()["location"].to_str().unwrap().starts_with(&s.op.issuer()));
 }
+
+/// `client_secret_post` (the OP's `gw-post` client accepts only that method): login and a
+/// refresh work; the OP rejects the other method, so a wrong choice would fail here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_post_login_and_refresh() {
+    let s = Setup::start_with(Store::Memory, OpOptions { access_token_ttl: 2, ..OpOptions::default() }, |o| {
+        o.env.push(("PORTCULLIS_OIDC__CLIENT_ID".into(), "gw-post".into()));
+        o.env.push(("PORTCULLIS_OIDC__AUTH_METHOD".into(), "client_secret_post".into()));
+    })
+    .await;
+    let browser = portcullis_testkit::Browser::new();
+    let hops = browser.login(&s.url("/"), "dora").await;
+    let auth = hops[0].location.clone().unwrap();
+    assert!(auth.query_pairs().any(|(k, v)| k == "client_id" && v == "gw-post"));
+    // The upstream introspects as `gw`, which cannot see `gw-post`'s tokens: expect its 401
+    // but proof that the gateway got and forwarded a token.
+    assert!(s.upstream.last().unwrap().bearer.is_some(), "{hops:#?}");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let _ = browser.http().get(s.url("/again")).send().await.unwrap();
+    assert_eq!(s.op.refresh_grants().await, 1);
+    let stats = s.op.stats().await;
+    assert_eq!(stats["grant_outcomes"]["refresh_token:ok"], 1, "{stats}");
+    assert_eq!(stats["grant_outcomes"]["authorization_code:ok"], 1, "{stats}");
+}
