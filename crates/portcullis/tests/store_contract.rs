@@ -156,3 +156,44 @@ async fn redis_never_reachable_fails_fast() {
     assert!(matches!(store.load(&SessionId::generate().key()).await, Err(StoreError::Unavailable(_))));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// A waiter on one instance is woken by another instance's write through the notification,
+/// well before its poll interval would have fired.
+async fn writes_wake_watchers(writer: Arc<dyn SessionStore>, watcher: Arc<dyn SessionStore>) {
+    let key = SessionId::generate().key();
+    writer.create(&key, &record("v1")).await.unwrap();
+    for (expected, write) in [(1u64, "cas"), (2, "delete")] {
+        let mut watch = watcher.watch(&key);
+        let writer = writer.clone();
+        let key2 = key.clone();
+        let started = std::time::Instant::now();
+        let write_task = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match write {
+                "cas" => assert_eq!(writer.compare_and_set(&key2, expected, &record("v2")).await.unwrap(), CasOutcome::Written(2)),
+                _ => writer.delete(&key2).await.unwrap(),
+            }
+        });
+        watch.changed(Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        write_task.await.unwrap();
+        assert!(took < Duration::from_secs(3), "{write}: woken after {took:?}, not by the notification");
+        assert!(took >= Duration::from_millis(150), "{write}: woken before the write");
+    }
+}
+
+#[tokio::test]
+async fn memory_store_notifies() {
+    let store = Arc::new(MemoryStore::new(LONG));
+    writes_wake_watchers(store.clone(), store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_notifies_across_instances() {
+    let redis = Redis::start().await;
+    let writer: Arc<dyn SessionStore> = Arc::new(RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap());
+    let watcher: Arc<dyn SessionStore> = Arc::new(RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap());
+    // Let the watcher's subscription come up (it starts with the store).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writes_wake_watchers(writer, watcher).await;
+}

@@ -75,7 +75,7 @@ impl RedisStore {
     /// operation, connection included.
     pub fn new(url: &str, lifetimes: Lifetimes, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 client,
                 conn: OnceCell::new(),
@@ -87,7 +87,20 @@ impl RedisStore {
                 changes: ChangeFeed::default(),
                 listener: std::sync::Once::new(),
             }),
-        })
+        };
+        // Subscribe at startup when there is a runtime, so the first refresh's notification
+        // is not lost to a subscription still being set up (the poll would cover it, slower).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            store.start_listener();
+        }
+        Ok(store)
+    }
+
+    fn start_listener(&self) {
+        let inner = &self.inner;
+        inner.listener.call_once(|| {
+            tokio::spawn(listen_for_changes(inner.client.clone(), inner.changes.clone()));
+        });
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
@@ -328,10 +341,7 @@ impl SessionStore for RedisStore {
     }
 
     fn watch(&self, key: &SessionKey) -> ChangeWatch {
-        let inner = &self.inner;
-        inner.listener.call_once(|| {
-            tokio::spawn(listen_for_changes(inner.client.clone(), inner.changes.clone()));
-        });
-        inner.changes.watch(key)
+        self.start_listener();
+        self.inner.changes.watch(key)
     }
 }
