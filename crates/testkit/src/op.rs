@@ -138,17 +138,21 @@ impl Op {
 
     /// RFC 7662 introspection of `token` with the test client's credentials: is it active?
     pub async fn introspect(&self, token: &str) -> bool {
-        let body: Value = self
-            .http
-            .post(format!("{}/token/introspection", self.direct()))
-            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["active"].as_bool().unwrap_or(false)
+        introspect(&self.http, &format!("{}/token/introspection", self.direct()), token).await
     }
+}
+
+/// RFC 7662 introspection at `endpoint` with the test client's credentials: is `token` active?
+pub(crate) async fn introspect(http: &reqwest::Client, endpoint: &str, token: &str) -> bool {
+    let body: Value = http
+        .post(endpoint)
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["active"].as_bool().unwrap_or(false)
 }

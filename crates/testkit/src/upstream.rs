@@ -99,19 +99,7 @@ async fn record(State(shared): State<Shared>, req: Request) -> Response {
     }
     let bearer = headers.get("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(String::from);
     let active = match (&shared.introspect, &bearer) {
-        (Some((url, http)), Some(token)) => {
-            let body: serde_json::Value = http
-                .post(url)
-                .basic_auth(crate::op::CLIENT_ID, Some(crate::op::CLIENT_SECRET))
-                .form(&[("token", token)])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            Some(body["active"].as_bool().unwrap_or(false))
-        }
+        (Some((url, http)), Some(token)) => Some(crate::op::introspect(http, url, token).await),
         _ => None,
     };
     let seen = Seen {

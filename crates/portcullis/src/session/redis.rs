@@ -202,6 +202,13 @@ fn decode(value: &str) -> Result<SessionRecord, StoreError> {
     Ok(record)
 }
 
+/// `SET key value NX PX ttl`: true when it was set.
+async fn set_if_absent(conn: &mut ConnectionManager, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+    let set: Option<String> =
+        redis::cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(millis(ttl)).query_async(conn).await.map_err(unavailable)?;
+    Ok(set.is_some())
+}
+
 fn millis(d: Duration) -> u64 {
     d.as_millis().max(1) as u64
 }
@@ -235,18 +242,9 @@ impl SessionStore for RedisStore {
         self.with_timeout(async {
             let mut conn = self.conn().await?;
             let ttl = self.inner.lifetimes.ttl(record.created_at, now_millis());
-            let created: Option<String> = redis::cmd("SET")
-                .arg(session_key(key))
-                .arg(encode(1, record))
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            match created {
-                Some(_) => Ok(()),
-                None => Err(StoreError::Corrupt("session id collision".into())),
+            match set_if_absent(&mut conn, &session_key(key), &encode(1, record), ttl).await? {
+                true => Ok(()),
+                false => Err(StoreError::Corrupt("session id collision".into())),
             }
         })
         .await
@@ -307,16 +305,7 @@ impl SessionStore for RedisStore {
     async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.with_timeout(async {
             let mut conn = self.conn().await?;
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(lease_key(key))
-                .arg(owner)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(taken.is_some())
+            set_if_absent(&mut conn, &lease_key(key), owner, ttl).await
         })
         .await
     }
