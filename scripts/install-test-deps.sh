@@ -3,7 +3,11 @@
 #   - redis-server (Debian package), when it is not on PATH;
 #   - Node.js >= 20.19 and npm, for the test OpenID Provider in tests/op;
 #   - tests/op/node_modules (`npm ci`), when missing or older than
-#     tests/op/package-lock.json.
+#     tests/op/package-lock.json;
+#   - Debian's chromium (for the real-browser test of the demo), when
+#     /usr/bin/chromium is missing; never a downloaded browser build;
+#   - tests/browser/node_modules (`npm ci`: playwright-core, which drives that
+#     chromium), when missing or older than tests/browser/package-lock.json.
 #
 # Idempotent and quick when everything is already there (no network access,
 # no apt-get update). Meant for Debian (12+) as root, e.g. a fresh CI machine.
@@ -20,6 +24,8 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OP_DIR="$REPO_ROOT/tests/op"
+BROWSER_TEST_DIR="$REPO_ROOT/tests/browser"
+CHROMIUM="/usr/bin/chromium"
 
 NODE_MIN_VERSION="20.19.0"
 NODE_FALLBACK_VERSION="22.23.5" # exact version of the node-linux-<arch> npm package
@@ -86,14 +92,27 @@ if ! version_ge "$(node_version)" "$NODE_MIN_VERSION"; then
     || die "node on PATH is still $(node_version) ($(command -v node)); put $NODE_BIN_DIR first on PATH"
 fi
 
-# --- tests/op dependencies ---------------------------------------------------
-# npm ci writes node_modules/.package-lock.json; it being older than the
-# committed lock file means the lock file changed since the last install.
-stamp="$OP_DIR/node_modules/.package-lock.json"
-if [[ ! -f "$stamp" || "$OP_DIR/package-lock.json" -nt "$stamp" ]]; then
-  log "npm ci in tests/op"
-  (cd "$OP_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-  touch "$stamp"
+# --- chromium ----------------------------------------------------------------
+# Debian's package (with its own libraries and fonts); playwright-core drives it.
+if [[ ! -x "$CHROMIUM" ]]; then
+  apt_install chromium
+  [[ -x "$CHROMIUM" ]] || die "apt-get install chromium did not provide $CHROMIUM"
 fi
 
-log "ok: redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'), node $(node_version), npm $(npm --version)"
+# --- npm dependencies (tests/op, tests/browser) -------------------------------
+# npm ci writes node_modules/.package-lock.json; it being older than the
+# committed lock file means the lock file changed since the last install.
+npm_ci_if_stale() {
+  local dir="$1" stamp="$1/node_modules/.package-lock.json"
+  if [[ ! -f "$stamp" || "$dir/package-lock.json" -nt "$stamp" ]]; then
+    log "npm ci in ${dir#"$REPO_ROOT"/}"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$stamp"
+  fi
+}
+npm_ci_if_stale "$OP_DIR"
+# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: playwright-core downloads nothing at install
+# today; this keeps it that way should a future version try.
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_ci_if_stale "$BROWSER_TEST_DIR"
+
+log "ok: redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'), node $(node_version), npm $(npm --version), $("$CHROMIUM" --version 2>/dev/null | head -n1)"

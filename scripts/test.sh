@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of Portcullis on a fresh Debian machine or a developer's one:
-# installs what the tests need (redis-server, Node.js and the test OP's npm packages),
-# checks formatting and lints, then runs the unit and integration tests. The integration
-# tests start their own redis-server, oidc-provider and gateway processes on free
-# loopback ports.
+# installs what the tests need (redis-server, Node.js, Debian's chromium and the npm
+# packages of the test OP and of the browser test), checks formatting and lints, then runs
+# the unit and integration tests, then the real-browser test of `portcullis demo`
+# (tests/browser). The tests start their own redis-server, OP and gateway processes on
+# free loopback ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,3 +19,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== browser test of the demo (tests/browser)"
+# cargo test builds the binary too, but only as a test dependency; build it explicitly
+# (a no-op when it is up to date) so the browser test runs what this tree contains.
+cargo build -p portcullis-gateway --locked
+# The files are named (not the directory): Node 21+ reads `node --test` arguments as globs.
+PORTCULLIS_BIN="$CARGO_TARGET_DIR/debug/portcullis" node --test tests/browser/*.test.mjs

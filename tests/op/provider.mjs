@@ -103,6 +103,37 @@ function freshStats() {
 }
 let stats = freshStats();
 
+// Token-endpoint latency samples (milliseconds) of the requests that reached
+// oidc-provider, by grant_type: from arrival at the control middleware until
+// the response is written, minus the injected token_delay_ms. Requests
+// answered by failure injection or by the auth-method check are not sampled.
+// Summarised as `token_ms` / `token_ms_by_grant` in GET /__test/stats;
+// POST /__test/reset clears them.
+let tokenSamples = new Map();
+
+function percentile(sorted, p) {
+  // Nearest rank: the smallest sample with at least p% of the samples at or below it.
+  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+function latencySummary(samples) {
+  if (samples.length === 0) return { count: 0, p50: null, p99: null, max: null };
+  const sorted = Float64Array.from(samples).sort();
+  const round = (ms) => Math.round(ms * 1000) / 1000;
+  return {
+    count: sorted.length,
+    p50: round(percentile(sorted, 50)),
+    p99: round(percentile(sorted, 99)),
+    max: round(sorted[sorted.length - 1]),
+  };
+}
+
+function statsBody() {
+  const byGrant = {};
+  for (const [grantType, samples] of tokenSamples) byGrant[grantType] = latencySummary(samples);
+  return { ...stats, token_ms: latencySummary([...tokenSamples.values()].flat()), token_ms_by_grant: byGrant };
+}
+
 // ---------------------------------------------------------------------------
 // Accounts: any login name is an account (devInteractions accepts any
 // login/password); the claims are derived from it.
@@ -342,7 +373,7 @@ function bump(map, key) {
 
 async function controlEndpoints(ctx) {
   if (ctx.path === '/__test/stats' && ctx.method === 'GET') {
-    return sendJson(ctx, 200, stats);
+    return sendJson(ctx, 200, statsBody());
   }
   if (ctx.path === '/__test/config' && ctx.method === 'GET') {
     return sendJson(ctx, 200, runtime);
@@ -377,7 +408,8 @@ async function controlEndpoints(ctx) {
   }
   if (ctx.path === '/__test/reset' && ctx.method === 'POST') {
     stats = freshStats();
-    return sendJson(ctx, 200, stats);
+    tokenSamples = new Map();
+    return sendJson(ctx, 200, statsBody());
   }
   return sendJson(ctx, 404, { error: 'not_found', error_description: `no test endpoint ${ctx.method} ${ctx.path}` });
 }
@@ -431,6 +463,7 @@ function rejectWrongAuthMethod(ctx, form) {
 }
 
 async function tokenEndpoint(ctx, next) {
+  const arrived = process.hrtime.bigint();
   const form = await readForm(ctx);
   const grantType = form.get('grant_type') || 'none';
   bump(stats.grants, grantType);
@@ -439,7 +472,12 @@ async function tokenEndpoint(ctx, next) {
     debug('token', grantType, outcome);
   };
 
-  if (runtime.token_delay_ms > 0) await sleep(runtime.token_delay_ms);
+  let delayedNs = 0n;
+  if (runtime.token_delay_ms > 0) {
+    const before = process.hrtime.bigint();
+    await sleep(runtime.token_delay_ms);
+    delayedNs = process.hrtime.bigint() - before;
+  }
 
   // Failure injection: refresh_token grants only; the provider never sees
   // these requests, so no token is consumed.
@@ -472,6 +510,12 @@ async function tokenEndpoint(ctx, next) {
     return undefined;
   }
 
+  // Sampled once the response is written (koa writes it after this middleware returns).
+  ctx.res.once('finish', () => {
+    const ms = Number(process.hrtime.bigint() - arrived - delayedNs) / 1e6;
+    if (!tokenSamples.has(grantType)) tokenSamples.set(grantType, []);
+    tokenSamples.get(grantType).push(ms);
+  });
   await next();
   record(ctx.status === 200 ? 'ok' : errorOf(ctx));
   return undefined;

@@ -1,4 +1,5 @@
-//! Command line: `portcullis [--config FILE]`, `portcullis check-config FILE`.
+//! Command line: `portcullis [--config FILE]`, `portcullis check-config FILE`,
+//! `portcullis demo [OPTIONS]`, `portcullis dev-op [OPTIONS]`.
 
 use std::path::PathBuf;
 
@@ -26,6 +27,10 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Try it: the development OP, a demo app and the gateway in one process, on 127.0.0.1.
+    Demo(crate::demo::DemoArgs),
+    /// Run the development OpenID Provider alone (for testing any relying party). Development only.
+    DevOp(Box<portcullis_dev_op::DevOpArgs>),
 }
 
 impl Cli {
@@ -33,9 +38,10 @@ impl Cli {
         match self.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = load(&self.config)?;
-                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-                runtime.block_on(crate::server::run(config))
+                runtime()?.block_on(crate::server::run(config))
             }
+            Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+            Command::DevOp(args) => runtime()?.block_on(dev_op(*args)),
             Command::CheckConfig { file } => {
                 let config = load(&file)?;
                 println!(
@@ -50,6 +56,21 @@ impl Cli {
             }
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// The development OP until Ctrl-C/SIGTERM.
+async fn dev_op(args: portcullis_dev_op::DevOpArgs) -> anyhow::Result<()> {
+    let op = portcullis_dev_op::start(args.into_config()).await.context("starting the development OP")?;
+    println!("DEV OP READY {}", op.issuer());
+    println!("  discovery: {}/.well-known/openid-configuration", op.issuer().as_str().trim_end_matches('/'));
+    println!("  Ctrl-C stops it.");
+    crate::server::shutdown_signal().await;
+    op.shutdown().await;
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {

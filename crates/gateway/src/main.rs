@@ -2,6 +2,7 @@
 
 mod app;
 mod cli;
+mod demo;
 mod health;
 mod proxy;
 mod routes;

@@ -1,18 +1,53 @@
 //! Starting and stopping the gateway.
+//!
+//! [`serve`] runs one gateway on a listener the caller bound, until the caller's shutdown
+//! future resolves; [`run`] is the binary's use of it (bind `listen`, stop on SIGINT/SIGTERM).
+//! `portcullis demo` calls [`serve`] once per gateway instance, all in one process.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
+use axum::Router;
 use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
     session::{Lifetimes, MemoryStore, RedisStore, SessionStore},
 };
+use tokio::net::TcpListener;
 
 use crate::{app, health::Readiness};
 
 /// Runs until SIGINT/SIGTERM, then drains in-flight requests.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = bind(config.listen).await?;
+    serve(config, listener, shutdown_signal()).await
+}
+
+/// Binds a loopback or configured address, naming it on failure.
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Serves one gateway built from `config` on `listener` until `shutdown` resolves, then
+/// drains in-flight requests. `config.listen` is not used: the caller chose the socket.
+pub(crate) async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (router, discovery) = build(&config)?;
+    tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url, store = ?config.session.store, routes = config.routes.len(), "portcullis listening");
+    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await;
+    // Discovery retries forever while the OP is down; a stopped gateway has no use for it
+    // (in the demo, other gateways go on running in the same process).
+    discovery.abort();
+    served.context("server error")?;
+    tracing::info!(public_url = %config.public_url, "portcullis stopped");
+    Ok(())
+}
+
+/// The store, the OP handle (discovered in the background) and the router.
+fn build(config: &Config) -> anyhow::Result<(Router, tokio::task::JoinHandle<()>)> {
     let lifetimes = Lifetimes { idle: config.session.idle_timeout, absolute: config.session.absolute_timeout };
     let (store, redis): (Arc<dyn SessionStore>, _) = match config.session.store {
         // The cookie store keeps sessions in the browser; pending logins stay in memory.
@@ -25,21 +60,13 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     };
     let provider = ProviderHandle::default();
     let post_logout = config.oidc.post_logout_redirect_url.clone().unwrap_or_else(|| config.public_url.clone());
-    provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
-    let auth = Authenticator::new(&config, store, provider.clone());
-    let router = app::router(&config, auth, Readiness { provider, redis });
-
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url, store = ?config.session.store, routes = config.routes.len(), "portcullis listening");
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
-    tracing::info!("portcullis stopped");
-    Ok(())
+    let discovery = provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
+    let auth = Authenticator::new(config, store, provider.clone());
+    Ok((app::router(config, auth, Readiness { provider, redis }), discovery))
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
