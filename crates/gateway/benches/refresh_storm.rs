@@ -22,25 +22,28 @@
 //!   concurrent, so they exercise the single flight and the cross-instance lease; about
 //!   INFLIGHT/C sessions refresh at a time); `round` sends one request of every session, then the
 //!   next round (up to INFLIGHT refreshes at once at the OP)
-//!
 //! - `STORM_GATEWAY_BIN` [the `portcullis` binary cargo built for this bench]: run another
 //!   gateway binary instead (e.g. a copy, when other builds share the target dir)
 //! - `STORM_GATEWAY_LOG` [info]: the gateways' `PORTCULLIS_LOG` filter
-//! - `STORM_KEEP_LOGS` [unset]: a directory to copy the gateways' logs to
+//! - `STORM_KEEP_LOGS` [unset]: a directory to copy the gateways' logs to, and to write every
+//!   request's figures to (`storm.csv`, `baseline.csv`: session, request, instance, start and
+//!   latency in ms, status)
 //! - `STORM_OP_STORE` [unbounded]: `unbounded` replaces the 1000-entry LRU that backs
 //!   oidc-provider's in-memory adapter with a plain map (see below); `stock` keeps it
 //!
 //! The test OP keeps everything in oidc-provider's `MemoryAdapter`, one LRU of 1000 entries
 //! for all models. A login writes about ten (session, interaction, code, grant, tokens, …), so
-//! with more than ~100 sessions the OP silently evicts grants and refresh tokens, answers
+//! beyond 150–300 sessions the OP silently evicts grants and refresh tokens, answers
 //! their refresh with `invalid_grant`, and the gateway ends those sessions. Nothing in
 //! `tests/op/provider.mjs` sets the size, so by default this benchmark re-runs itself with
 //! `NODE_OPTIONS=--import=<data: URL>`: a preload that swaps the LRU's methods for an
 //! unbounded map (expiry kept) in the OP process. `STORM_OP_STORE=stock` shows the stock
 //! behaviour.
 //!
-//! Passes when the OP received exactly N refresh grants during the storm and every request of
-//! both phases got a 200; otherwise prints FAIL and exits with status 1.
+//! Passes when the OP received exactly N refresh grants during the storm, every request of both
+//! phases got a 200, and the N access tokens forwarded during the storm are all active at the OP
+//! (introspected after the storm: a refresh token replayed under rotation would have revoked its
+//! grant); otherwise prints FAIL and exits with status 1.
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it only prints that it was skipped.
 
@@ -270,7 +273,7 @@ async fn run(settings: Settings) -> bool {
         "OP store: {}",
         match settings.op_store {
             OpStore::Unbounded => "unbounded (oidc-provider's 1000-entry LRU replaced by a preload)",
-            OpStore::Stock => "stock (oidc-provider's 1000-entry LRU: expect evicted grants beyond ~100 sessions)",
+            OpStore::Stock => "stock (oidc-provider's 1000-entry LRU: expect evicted grants beyond 150-300 sessions)",
         }
     );
     let bin = std::env::var("STORM_GATEWAY_BIN").unwrap_or_else(|_| BIN.to_string());
@@ -354,10 +357,10 @@ async fn run(settings: Settings) -> bool {
         return false;
     };
     let storm_stats = op.stats().await;
-    let storm_bearers = {
+    let (storm_seen, storm_with_bearer, storm_tokens) = {
         let seen = upstream.seen();
         let with_bearer = seen.iter().filter(|s| s.bearer.is_some()).count();
-        let distinct: HashSet<_> = seen.iter().filter_map(|s| s.bearer.clone()).collect();
+        let distinct: HashSet<String> = seen.iter().filter_map(|s| s.bearer.clone()).collect();
         upstream.clear();
         (seen.len(), with_bearer, distinct)
     };
@@ -365,7 +368,7 @@ async fn run(settings: Settings) -> bool {
     // the OP now whether the tokens forwarded during the storm are alive: a refresh token
     // presented twice under rotation makes oidc-provider revoke the whole grant.
     let introspected = Instant::now();
-    let active = futures_util::stream::iter(storm_bearers.2.iter())
+    let active = futures_util::stream::iter(storm_tokens.iter())
         .map(|token| op.introspect(token))
         .buffer_unordered(16)
         .filter(|active| std::future::ready(*active))
@@ -385,7 +388,7 @@ async fn run(settings: Settings) -> bool {
     // --- report ---------------------------------------------------------------------------
     let count = |stats: &Value, path: &[&str]| path.iter().fold(stats, |v, k| &v[*k]).as_u64().unwrap_or(0);
     let storm_grants = count(&storm_stats, &["grants", "refresh_token"]);
-    let baseline_grants = count(&after_stats, &["grants", "refresh_token"]) - storm_grants;
+    let baseline_grants = count(&after_stats, &["grants", "refresh_token"]).saturating_sub(storm_grants);
     let token = &storm_stats["token_ms_by_grant"]["refresh_token"];
     let token_p50 = token["p50"].as_f64().unwrap_or(f64::NAN);
     let token_p99 = token["p99"].as_f64().unwrap_or(f64::NAN);
@@ -394,14 +397,14 @@ async fn run(settings: Settings) -> bool {
     storm.print("storm:");
     println!(
         "          upstream saw {} requests, {} with a bearer, {} distinct access tokens (one per session expected: {n})",
-        storm_bearers.0,
-        storm_bearers.1,
-        storm_bearers.2.len()
+        storm_seen,
+        storm_with_bearer,
+        storm_tokens.len()
     );
     println!(
         "          active at the OP afterwards (introspection, {:.1} s): {active} of {}",
         introspected.as_secs_f64(),
-        storm_bearers.2.len()
+        storm_tokens.len()
     );
     println!(
         "token endpoint (refresh_token, at the OP): count {}, p50 {token_p50:.1} ms, p99 {token_p99:.1} ms, max {:.1} ms; outcomes {}",
@@ -446,11 +449,8 @@ async fn run(settings: Settings) -> bool {
         (storm_grants == n as u64, format!("refresh grants at the OP during the storm: {storm_grants} (sessions: {n})")),
         (storm.ok() == total, format!("storm: {} of {total} requests answered 200", storm.ok())),
         (
-            active == storm_bearers.2.len() && active == n,
-            format!(
-                "access tokens forwarded during the storm: {} distinct, {active} active at the OP (sessions: {n})",
-                storm_bearers.2.len()
-            ),
+            active == storm_tokens.len() && active == n,
+            format!("access tokens forwarded during the storm: {} distinct, {active} active at the OP (sessions: {n})", storm_tokens.len()),
         ),
         (baseline.ok() == total, format!("baseline: {} of {total} requests answered 200", baseline.ok())),
     ];
@@ -484,8 +484,10 @@ async fn fire(settings: &Settings, urls: &[String], cookies: &[String], tag: &st
             // Round-robin per session, so each session's requests reach every instance.
             let url = format!("{}/api/{tag}/{session}/{k}", urls[(session + k) % urls.len()]);
             let request = http.get(url).header("cookie", format!("portcullis={}", cookies[session])).header("accept", "application/json");
+            let instance = (session + k) % urls.len();
             tasks.push(tokio::spawn(async move {
                 let sent = Instant::now();
+                let offset = sent - started;
                 let status = match request.send().await {
                     Ok(response) => {
                         let status = response.status().as_u16();
@@ -495,19 +497,25 @@ async fn fire(settings: &Settings, urls: &[String], cookies: &[String], tag: &st
                 };
                 let latency = sent.elapsed();
                 drop(permit);
-                (status, latency)
+                (status, latency, format!("{session},{k},{instance},{:.3},{:.3},{status}\n", ms(offset), ms(latency)))
             }));
         }
         let mut latencies = Vec::with_capacity(tasks.len());
         let mut statuses = BTreeMap::new();
+        let mut csv = String::from("session,request,instance,start_ms,latency_ms,status\n");
         for task in tasks {
-            let (status, latency) = task.await.expect("request task");
+            let (status, latency, row) = task.await.expect("request task");
+            csv.push_str(&row);
             *statuses.entry(status).or_insert(0) += 1;
             if status != 0 {
                 latencies.push(latency);
             }
         }
         latencies.sort_unstable();
+        if let Ok(dir) = std::env::var("STORM_KEEP_LOGS") {
+            let path = std::path::Path::new(&dir).join(format!("{tag}.csv"));
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &csv)).expect("keep the per-request figures");
+        }
         Phase { latencies, statuses, wall: started.elapsed() }
     };
     tokio::time::timeout(PHASE_TIMEOUT, phase).await.ok()
