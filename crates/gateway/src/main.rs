@@ -10,6 +10,10 @@ mod server;
 
 use clap::Parser;
 
+/// jemalloc instead of glibc malloc: see BENCHMARKS.md (allocator contention on the hot path).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     cli::init_logging();

@@ -8,14 +8,14 @@ use axum::{
     extract::ConnectInfo,
     response::{IntoResponse, Response},
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header, uri::PathAndQuery};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
 use portcullis::auth::{Failure, RequestKind};
 
-use crate::routes::Route;
+use crate::routes::{Route, UpstreamTarget};
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -59,7 +59,7 @@ impl Proxy {
     /// Forwards `req` to `route`'s upstream.
     pub(crate) async fn forward(&self, route: &Route, mut req: Request<Body>) -> Response {
         let kind = RequestKind::of(req.headers());
-        let uri = match upstream_uri(&route.upstream, req.uri()) {
+        let uri = match upstream_uri(&route.target, req.uri()) {
             Some(uri) => uri,
             None => return Failure::bad_request("bad_request_target", "The request path cannot be forwarded.").respond(kind),
         };
@@ -108,14 +108,17 @@ impl Proxy {
 
 /// The upstream URI: the upstream's scheme and authority, its base path joined with the
 /// request's path, and the request's query.
-fn upstream_uri(upstream: &url::Url, original: &Uri) -> Option<Uri> {
-    let base = upstream.path().trim_end_matches('/');
-    let path_and_query = original.path_and_query().map_or("/", |p| p.as_str());
-    let authority = match upstream.port() {
-        Some(port) => format!("{}:{port}", upstream.host_str()?),
-        None => upstream.host_str()?.to_string(),
+fn upstream_uri(target: &UpstreamTarget, original: &Uri) -> Option<Uri> {
+    let path_and_query = match (target.base_path.as_str(), original.path_and_query()) {
+        ("", Some(pq)) => pq.clone(),
+        ("", None) => PathAndQuery::from_static("/"),
+        (base, pq) => format!("{base}{}", pq.map_or("/", |p| p.as_str())).parse().ok()?,
     };
-    format!("{}://{authority}{base}{path_and_query}", upstream.scheme()).parse().ok()
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(target.scheme.clone());
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: websocket`).
@@ -130,15 +133,20 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Headers named in `Connection` are hop-by-hop too (rare: skip the scan without one).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -183,7 +191,8 @@ mod tests {
             ("https://u", "/", "https://u/"),
         ];
         for (upstream, path, expected) in cases {
-            let got = upstream_uri(&upstream.parse().unwrap(), &path.parse().unwrap()).unwrap();
+            let route = Route::new("/".into(), upstream.parse().unwrap(), portcullis::config::Unauthenticated::Login);
+            let got = upstream_uri(&route.target, &path.parse().unwrap()).unwrap();
             assert_eq!(got.to_string(), expected);
         }
     }

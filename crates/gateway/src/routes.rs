@@ -11,6 +11,33 @@ pub(crate) struct Route {
     pub(crate) prefix: String,
     pub(crate) upstream: Url,
     pub(crate) unauthenticated: Unauthenticated,
+    /// The upstream's scheme, authority and base path, parsed once here rather than on every
+    /// request (the hot path only joins the request's path onto them).
+    pub(crate) target: UpstreamTarget,
+}
+
+/// The parts of an upstream URL the proxy needs per request.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamTarget {
+    pub(crate) scheme: http::uri::Scheme,
+    pub(crate) authority: http::uri::Authority,
+    /// Path prefix of the upstream URL without its trailing slash ("" for none).
+    pub(crate) base_path: String,
+}
+
+impl Route {
+    pub(crate) fn new(prefix: String, upstream: Url, unauthenticated: Unauthenticated) -> Self {
+        let authority = match upstream.port() {
+            Some(port) => format!("{}:{port}", upstream.host_str().unwrap_or_default()),
+            None => upstream.host_str().unwrap_or_default().to_string(),
+        };
+        let target = UpstreamTarget {
+            scheme: upstream.scheme().parse().expect("config validation allows http(s) only"),
+            authority: authority.parse().expect("a URL's host and port form an authority"),
+            base_path: upstream.path().trim_end_matches('/').to_string(),
+        };
+        Self { prefix, upstream, unauthenticated, target }
+    }
 }
 
 /// Routes ordered longest prefix first, so the first match is the most specific.
@@ -21,10 +48,8 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     pub(crate) fn new(config: &[RouteConfig]) -> Self {
-        let mut routes: Vec<Arc<Route>> = config
-            .iter()
-            .map(|r| Arc::new(Route { prefix: r.prefix.clone(), upstream: r.upstream.clone(), unauthenticated: r.unauthenticated }))
-            .collect();
+        let mut routes: Vec<Arc<Route>> =
+            config.iter().map(|r| Arc::new(Route::new(r.prefix.clone(), r.upstream.clone(), r.unauthenticated))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self { routes }
     }

@@ -8,6 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
+use axum::serve::ListenerExt;
 use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
@@ -37,6 +38,11 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     let (router, discovery) = build(&config)?;
     tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url, store = ?config.session.store, routes = config.routes.len(), "portcullis listening");
+    // TCP_NODELAY on accepted connections: responses are written whole, and Nagle would hold
+    // back the last segment of each one until the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await;
     // Discovery retries forever while the OP is down; a stopped gateway has no use for it
     // (in the demo, other gateways go on running in the same process).

@@ -45,7 +45,7 @@ pub(crate) async fn serve(
         .iter()
         .map(|addr| {
             let upstream = format!("http://{addr}").parse().expect("a socket address makes a URL");
-            Arc::new(Route { prefix: "/".into(), upstream, unauthenticated: Unauthenticated::Allow })
+            Arc::new(Route::new("/".into(), upstream, Unauthenticated::Allow))
         })
         .collect();
     let state = Arc::new(Instances { routes, next: AtomicUsize::new(0), proxy: Proxy::new("http") });
