@@ -239,6 +239,8 @@ async fn op_unreachable_then_back() {
         assert!(body.contains("identity_provider_unavailable"), "{body}");
     }
     c.op.set_reachable(true).await;
+    // A failed refresh's answer is reused for a second (no flood against a failing OP).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let back = c.burst(6, &[0, 1], "back").await;
     assert!(back.iter().all(|r| r.0 == 200), "{back:?}\n{}", c.logs());
     assert_eq!(c.op.refresh_grants().await, 1, "grants counted by the OP: only the one that reached it");
@@ -327,4 +329,24 @@ async fn waiters_give_up_with_503_at_max_wait() {
     let after = c.burst(5, &[0], "after").await;
     assert!(after.iter().all(|r| r.0 == 200), "{after:?}\n{}", c.logs());
     assert_eq!(c.op.refresh_grants().await, 1);
+}
+
+/// An OP answering 5xx is not hammered: requests arriving within a second of a failed refresh
+/// get its answer (503, session kept) without another token call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_op_is_not_flooded() {
+    let c = Cluster::start(1, OpOptions { access_token_ttl: 2, ..OpOptions::default() }, &[]).await;
+    c.op.configure(serde_json::json!({ "token_fail": "500" })).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    for wave in 0..3 {
+        let r = c.burst(10, &[0], &format!("wave{wave}")).await;
+        assert!(r.iter().all(|x| x.0 == 503), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(c.op.refresh_grants().await, 1, "30 requests in under a second: one token call");
+    c.op.configure(serde_json::json!({ "token_fail": null })).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c.burst(10, &[0], "recovered").await;
+    assert!(r.iter().all(|x| x.0 == 200), "{r:?}");
+    assert_eq!(c.op.refresh_grants().await, 2);
 }

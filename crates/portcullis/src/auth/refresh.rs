@@ -64,6 +64,9 @@ pub(crate) struct Timing {
 }
 
 type Outcome = Result<Arc<SessionRecord>, RefreshError>;
+
+/// How long a failed refresh's answer is reused for the same session before the next attempt.
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 type Flight = watch::Receiver<Option<Outcome>>;
 
 /// Coordinates refreshes: single flight in this process, a lease across processes.
@@ -119,15 +122,25 @@ impl Refresher {
         let registry = self.in_flight.clone();
         tokio::spawn(async move {
             let outcome = task.run(seen).await;
-            match &outcome {
-                Err(RefreshError::SessionEnded) => {}
-                Err(e) => tracing::warn!(session = %task.key, error = %e, "token refresh failed; session kept"),
-                Ok(_) => {}
+            let unregister = || registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&task.key);
+            match outcome {
+                Err(e) if !matches!(e, RefreshError::SessionEnded) => {
+                    tracing::warn!(session = %task.key, error = %e, "token refresh failed; session kept");
+                    // A failed flight stays registered for a moment: requests arriving in that
+                    // time get its answer at once instead of each starting a token call against
+                    // an OP that just failed (a flood during an outage, a herd at recovery).
+                    let _ = tx.send(Some(Err(e)));
+                    tokio::time::sleep(RETRY_BACKOFF).await;
+                    unregister();
+                }
+                outcome => {
+                    // Unregister before publishing: a request arriving after this point loads
+                    // the session anew (and sees the new version) instead of joining a
+                    // finished flight.
+                    unregister();
+                    let _ = tx.send(Some(outcome));
+                }
             }
-            // Unregister before publishing: a request arriving after this point loads the
-            // session anew (and sees the new version) instead of joining a finished flight.
-            registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&task.key);
-            let _ = tx.send(Some(outcome));
         });
         (rx, false)
     }
