@@ -106,6 +106,8 @@ fn router(provider: Arc<Provider>) -> Router {
         .route("/stats", get(stats::get))
         .route("/stats/reset", post(stats::reset))
         .route("/control", get(knobs::get).post(knobs::post))
+        // Browsers ask for it on every page; 204 keeps their consoles free of 404 noise.
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .with_state(provider)
 }
 
