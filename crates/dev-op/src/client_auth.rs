@@ -8,6 +8,15 @@ use crate::{ClientConfig, crypto::secret_eq, oauth_error::OAuthError, params::Pa
 
 /// The authenticated client, or `invalid_client` (401). Takes `client_id` and `client_secret`
 /// out of the form so that later code never sees the secret.
+/// The common start of `/introspect` and `/revoke`: the form, an authenticated client, and the
+/// `token` parameter.
+pub(crate) fn token_request<'a>(op: &'a Provider, headers: &HeaderMap, body: &[u8]) -> Result<(&'a ClientConfig, String), OAuthError> {
+    let mut params = Params::parse(body).map_err(OAuthError::invalid_request)?;
+    let client = authenticate(op, headers, &mut params)?;
+    let token = params.get("token").ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    Ok((client, token.to_string()))
+}
+
 pub(crate) fn authenticate<'a>(op: &'a Provider, headers: &HeaderMap, params: &mut Params) -> Result<&'a ClientConfig, OAuthError> {
     let body_id = params.take("client_id");
     let body_secret = params.take("client_secret");

@@ -11,26 +11,15 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::{
-    oauth_error::OAuthError,
-    params::Params,
-    provider::{Provider, now_millis},
-};
+use crate::provider::{Provider, now_millis};
 
 pub(crate) async fn introspect(State(op): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) -> Response {
     op.count(|s| s.introspections += 1);
-    let mut params = match Params::parse(&body) {
-        Ok(params) => params,
-        Err(e) => return OAuthError::invalid_request(e).into_response(),
-    };
-    let client = match crate::client_auth::authenticate(&op, &headers, &mut params) {
-        Ok(client) => client,
+    let (client, token) = match crate::client_auth::token_request(&op, &headers, &body) {
+        Ok(request) => request,
         Err(e) => return e.into_response(),
     };
-    let Some(token) = params.get("token") else {
-        return OAuthError::invalid_request("token is required").into_response();
-    };
-    let answer = describe(&op, token, &client.client_id).unwrap_or_else(|| json!({ "active": false }));
+    let answer = describe(&op, &token, &client.client_id).unwrap_or_else(|| json!({ "active": false }));
     let mut response = Json(answer).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

@@ -9,25 +9,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{oauth_error::OAuthError, params::Params, provider::Provider};
+use crate::provider::Provider;
 
 /// Revoking a refresh token revokes its whole grant; an access token only itself. Unknown,
 /// expired and foreign tokens get the same `200` (RFC 7009 §2.2): the client's goal, the token
 /// being unusable, is met, and the answer reveals nothing about other clients' tokens.
 pub(crate) async fn revoke(State(op): State<Arc<Provider>>, headers: HeaderMap, body: Bytes) -> Response {
     op.count(|s| s.revocations += 1);
-    let mut params = match Params::parse(&body) {
-        Ok(params) => params,
-        Err(e) => return OAuthError::invalid_request(e).into_response(),
-    };
-    let client = match crate::client_auth::authenticate(&op, &headers, &mut params) {
-        Ok(client) => client,
+    let (client, token) = match crate::client_auth::token_request(&op, &headers, &body) {
+        Ok(request) => request,
         Err(e) => return e.into_response(),
     };
-    let Some(token) = params.get("token") else {
-        return OAuthError::invalid_request("token is required").into_response();
-    };
-    let revoked = op.store().revoke_token(token, &client.client_id);
+    let revoked = op.store().revoke_token(&token, &client.client_id);
     tracing::info!(client_id = %client.client_id, revoked, "revocation request");
     StatusCode::OK.into_response()
 }
