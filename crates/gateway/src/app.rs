@@ -1,5 +1,7 @@
 //! The gateway's HTTP surface, assembled in one place, outermost first:
 //!
+//! 0. The boundary (`boundary.rs`), before any routing: one canonical path, and the client's
+//!    copies of gateway-owned headers removed.
 //! 1. `/oauth2/*` (login, callback, sign-out, userinfo), `/healthz`, `/readyz`: the library's
 //!    endpoints and the probes, answered by the gateway itself.
 //! 2. Everything else: the route table picks the route (404 when none) and tells the auth layer
@@ -24,6 +26,7 @@ use portcullis::{
 use tower::{Layer, service_fn};
 
 use crate::{
+    boundary::{self, Boundary},
     health::{self, Readiness},
     proxy::Proxy,
     routes::{Route, RouteTable},
@@ -43,11 +46,15 @@ pub(crate) fn router(config: &Config, auth: Authenticator, readiness: Readiness)
     let authenticated = AuthLayer::new(auth.clone(), Unauthenticated::Login).layer(forward);
     let gateway = Router::new().fallback_service(authenticated).layer(middleware::from_fn_with_state(table, select_route));
 
-    Router::new()
+    let routed = Router::new()
         .merge(portcullis::auth::routes(auth))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz).with_state(readiness))
-        .merge(gateway)
+        .merge(gateway);
+    // A layer on the outer router runs before the inner router matches, so every route below
+    // sees the canonical path.
+    let boundary = Arc::new(Boundary::new(config));
+    Router::new().fallback_service(routed).layer(middleware::from_fn_with_state(boundary, boundary::apply))
 }
 
 /// Picks the route and hands its policy to the auth layer.

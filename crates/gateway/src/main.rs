@@ -1,7 +1,10 @@
 //! `portcullis`: the OpenID Connect gateway.
 
 mod app;
+mod boundary;
+mod canonical_path;
 mod cli;
+mod client_headers;
 mod demo;
 mod health;
 mod proxy;

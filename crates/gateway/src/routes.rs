@@ -11,6 +11,9 @@ pub(crate) struct Route {
     pub(crate) prefix: String,
     pub(crate) upstream: Url,
     pub(crate) unauthenticated: Unauthenticated,
+    /// Every setting of the route as configured (timeouts, limits, CSRF protection).
+    #[allow(dead_code)]
+    pub(crate) config: RouteConfig,
     /// The upstream's scheme, authority and base path, parsed once here rather than on every
     /// request (the hot path only joins the request's path onto them).
     pub(crate) target: UpstreamTarget,
@@ -26,7 +29,13 @@ pub(crate) struct UpstreamTarget {
 }
 
 impl Route {
+    /// A route with every optional setting at its default.
     pub(crate) fn new(prefix: String, upstream: Url, unauthenticated: Unauthenticated) -> Self {
+        Self::from_config(RouteConfig::new(prefix, upstream, unauthenticated))
+    }
+
+    pub(crate) fn from_config(config: RouteConfig) -> Self {
+        let (prefix, upstream, unauthenticated) = (config.prefix.clone(), config.upstream.clone(), config.unauthenticated);
         let authority = match upstream.port() {
             Some(port) => format!("{}:{port}", upstream.host_str().unwrap_or_default()),
             None => upstream.host_str().unwrap_or_default().to_string(),
@@ -36,7 +45,7 @@ impl Route {
             authority: authority.parse().expect("a URL's host and port form an authority"),
             base_path: upstream.path().trim_end_matches('/').to_string(),
         };
-        Self { prefix, upstream, unauthenticated, target }
+        Self { prefix, upstream, unauthenticated, config, target }
     }
 }
 
@@ -48,8 +57,7 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     pub(crate) fn new(config: &[RouteConfig]) -> Self {
-        let mut routes: Vec<Arc<Route>> =
-            config.iter().map(|r| Arc::new(Route::new(r.prefix.clone(), r.upstream.clone(), r.unauthenticated))).collect();
+        let mut routes: Vec<Arc<Route>> = config.iter().map(|r| Arc::new(Route::from_config(r.clone()))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self { routes }
     }
@@ -73,11 +81,7 @@ mod tests {
     use super::*;
 
     fn table() -> RouteTable {
-        let route = |prefix: &str, upstream: &str| RouteConfig {
-            prefix: prefix.into(),
-            upstream: upstream.parse().unwrap(),
-            unauthenticated: Unauthenticated::Login,
-        };
+        let route = |prefix: &str, upstream: &str| RouteConfig::new(prefix, upstream.parse().unwrap(), Unauthenticated::Login);
         RouteTable::new(&[route("/", "http://root"), route("/api", "http://api"), route("/api/public/", "http://public")])
     }
 
@@ -101,11 +105,7 @@ mod tests {
 
     #[test]
     fn no_catch_all_means_no_match() {
-        let t = RouteTable::new(&[RouteConfig {
-            prefix: "/app".into(),
-            upstream: "http://a".parse().unwrap(),
-            unauthenticated: Unauthenticated::Deny,
-        }]);
+        let t = RouteTable::new(&[RouteConfig::new("/app", "http://a".parse().unwrap(), Unauthenticated::Deny)]);
         assert!(t.lookup("/other").is_none());
     }
 }

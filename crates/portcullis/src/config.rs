@@ -36,6 +36,65 @@ pub struct Config {
     /// Route table: longest matching prefix wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Proxies (CIDRs such as `10.0.0.0/8`, or `192.0.2.7/32` for one address) whose
+    /// `X-Forwarded-For` is extended rather than replaced. Empty: the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connection limits and the request boundary (paths, upgrades).
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// What the gateway accepts from clients before anything else looks at a request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// A client must send a whole request head within this long, or the connection is closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(default = "default_keep_alive_timeout", with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(default = "default_h2_max_concurrent_streams")]
+    pub h2_max_concurrent_streams: u32,
+    /// `Upgrade` protocols passed to upstreams (compared case-insensitively).
+    #[serde(default = "default_allowed_upgrades")]
+    pub allowed_upgrades: Vec<String>,
+    /// `;` path parameters (`/a;jsessionid=1/b`): refused with 400, or passed as they are.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: default_header_read_timeout(),
+            keep_alive_timeout: default_keep_alive_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+            h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
+            allowed_upgrades: default_allowed_upgrades(),
+            path_parameters: PathParameters::default(),
+        }
+    }
+}
+
+/// What a `;` in a path segment gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// 400: Tomcat and Spring strip `;…` before matching, so `/admin;x/` would reach `/admin/`.
+    #[default]
+    Refuse,
+    /// Passed unchanged (the `;` is part of the segment the route table matches).
+    Pass,
 }
 
 /// The OpenID Provider and the client registration.
@@ -76,6 +135,16 @@ pub struct OidcConfig {
     /// Where the OP sends the browser after logout; defaults to `public_url`.
     #[serde(default)]
     pub post_logout_redirect_url: Option<Url>,
+    /// Forward an email the OP marks `email_verified: false` (oauth2-proxy's
+    /// `insecure_oidc_allow_unverified_email`). Off: such a login is refused.
+    #[serde(default)]
+    pub allow_unverified_email: bool,
+    /// The JWKS is fetched again this often, so a key the OP dropped stops being trusted.
+    #[serde(default = "default_jwks_refresh_interval", with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    /// Discovery runs again this often (endpoints and `jwks_uri` may move).
+    #[serde(default = "default_discovery_refresh_interval", with = "humantime_serde")]
+    pub discovery_refresh_interval: Duration,
 }
 
 /// Client authentication at the token, revocation and introspection endpoints.
@@ -211,6 +280,34 @@ pub struct RouteConfig {
     /// What unauthenticated requests get.
     #[serde(default)]
     pub unauthenticated: Unauthenticated,
+    /// Cookie-authenticated POST, PUT, PATCH and DELETE from another site (`Sec-Fetch-Site:
+    /// cross-site`, or an `Origin` other than `public_url`'s) get 403.
+    #[serde(default = "default_true")]
+    pub csrf_protection: bool,
+    /// Longest wait for a TCP (and TLS) connection to the upstream; then 504.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's response head once the request is sent; then 504.
+    #[serde(default = "default_response_header_timeout", with = "humantime_serde")]
+    pub response_header_timeout: Duration,
+    /// Largest request body forwarded, in bytes (413 above it); unset: no limit.
+    #[serde(default)]
+    pub max_request_body_bytes: Option<u64>,
+}
+
+impl RouteConfig {
+    /// A route with every optional key at its default.
+    pub fn new(prefix: impl Into<String>, upstream: Url, unauthenticated: Unauthenticated) -> Self {
+        Self {
+            prefix: prefix.into(),
+            upstream,
+            unauthenticated,
+            csrf_protection: true,
+            connect_timeout: default_connect_timeout(),
+            response_header_timeout: default_response_header_timeout(),
+            max_request_body_bytes: None,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -263,6 +360,40 @@ fn default_grace_period() -> Duration {
 }
 fn default_poll_interval() -> Duration {
     Duration::from_millis(250)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_response_header_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_jwks_refresh_interval() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_discovery_refresh_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keep_alive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> usize {
+    // Cookie-store sessions arrive as several ~3.8 KB cookies; Envoy's default is 60 KiB.
+    64 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_h2_max_concurrent_streams() -> u32 {
+    100
+}
+fn default_allowed_upgrades() -> Vec<String> {
+    vec!["websocket".into()]
 }
 
 /// A configuration problem, naming the key at fault.
@@ -375,7 +506,35 @@ impl Config {
         if !(0.0..1.0).contains(&self.refresh.leeway_fraction) {
             return Err(invalid("refresh.leeway_fraction", "must be in [0, 1)"));
         }
+        let server = &self.server;
+        if server.header_read_timeout.is_zero() || server.keep_alive_timeout.is_zero() {
+            return Err(invalid(
+                "server.header_read_timeout",
+                "server.header_read_timeout and server.keep_alive_timeout must be above zero",
+            ));
+        }
+        if server.max_header_bytes < 8192 {
+            return Err(invalid("server.max_header_bytes", "must be at least 8192"));
+        }
+        if server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be above zero"));
+        }
+        if server.h2_max_concurrent_streams == 0 {
+            return Err(invalid("server.h2_max_concurrent_streams", "must be above zero"));
+        }
+        if server.allowed_upgrades.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b',')) {
+            return Err(invalid("server.allowed_upgrades", "protocol names are tokens such as \"websocket\""));
+        }
+        if self.oidc.jwks_refresh_interval < Duration::from_secs(10) || self.oidc.discovery_refresh_interval < Duration::from_secs(10) {
+            return Err(invalid(
+                "oidc.jwks_refresh_interval",
+                "oidc.jwks_refresh_interval and oidc.discovery_refresh_interval must be at least 10s",
+            ));
+        }
         for (i, route) in self.routes.iter().enumerate() {
+            if route.connect_timeout.is_zero() || route.response_header_timeout.is_zero() {
+                return Err(invalid(&format!("routes[{i}].connect_timeout"), "upstream timeouts must be above zero"));
+            }
             if !route.prefix.starts_with('/') {
                 return Err(invalid(&format!("routes[{i}].prefix"), "must start with '/'"));
             }

@@ -1,0 +1,50 @@
+//! The request boundary: what every request goes through before routing, so that nothing
+//! behind it (the `/oauth2/*` endpoints, the route table, the auth layer, the upstream) ever
+//! sees a path or a gateway-owned header the way the client spelled it.
+//!
+//! 1. One canonical path (`canonical_path`): the path the router matches is the path the
+//!    upstream receives; what cannot be made unambiguous is refused with 400.
+//! 2. Headers the gateway owns (`client_headers`): the client's copies are removed here,
+//!    whatever their spelling, before any layer sets the gateway's own.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use portcullis::{
+    auth::{Failure, RequestKind},
+    config::Config,
+};
+
+use crate::{canonical_path, client_headers};
+
+/// Settings of the boundary, built once from the config.
+#[derive(Debug)]
+pub(crate) struct Boundary {
+    paths: canonical_path::Settings,
+    headers: client_headers::Settings,
+}
+
+impl Boundary {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self { paths: canonical_path::Settings::new(config), headers: client_headers::Settings::new(config) }
+    }
+}
+
+/// The middleware: canonical path, then owned headers removed, then the router.
+pub(crate) async fn apply(State(boundary): State<Arc<Boundary>>, mut req: Request, next: Next) -> Response {
+    match canonical_path::canonicalize_uri(&boundary.paths, req.uri()) {
+        Ok(Some(uri)) => *req.uri_mut() = uri,
+        Ok(None) => {}
+        Err(refusal) => {
+            tracing::info!(reason = %refusal, "request path refused");
+            return Failure::bad_request("bad_path", refusal.to_string()).respond(RequestKind::of(req.headers())).into_response();
+        }
+    }
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    client_headers::sanitize(&boundary.headers, req.headers_mut(), peer);
+    next.run(req).await
+}
