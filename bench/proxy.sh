@@ -40,6 +40,14 @@
 #                             during each measured run (`perf stat`), reported per request
 #   CARGO_TARGET_DIR [target] cargo's target dir; the binary is $CARGO_TARGET_DIR/release/portcullis
 #   BENCH_BIN                 run this portcullis binary instead (e.g. one built with debug info)
+#   BENCH_BIN_BASELINE        a second portcullis binary (e.g. built from an earlier commit):
+#                             adds the targets memory-base and redis-base, run in the same script
+#                             run with the same settings, so before/after compare like for like
+#   BENCH_CALLGRIND [0]       1: after the wrk runs, count the instructions per request of each
+#                             proxy target under `valgrind --tool=callgrind`: collection is
+#                             switched on for a fixed wrk run only (BENCH_CALLGRIND_DURATION [5s],
+#                             wrk -t1 -c8), so startup and login are not counted. Instruction
+#                             counts do not move with the machine's load, unlike wall-clock figures
 #
 # Besides requests/s and latency, the table gives the CPU time the process under test spent
 # per request during the measured run (utime+stime from /proc, workers included): on a small
@@ -70,7 +78,14 @@ if [[ $PIN == 1 ]]; then
   PROXY_CPU=(taskset -c 1)
   PROXY_WORKERS=1
 fi
-TARGETS="${BENCH_TARGETS:-direct nginx memory redis}"
+BIN_BASELINE="${BENCH_BIN_BASELINE:-}"
+if [[ -n $BIN_BASELINE ]]; then
+  TARGETS="${BENCH_TARGETS:-direct nginx memory-base memory redis-base redis}"
+else
+  TARGETS="${BENCH_TARGETS:-direct nginx memory redis}"
+fi
+CALLGRIND="${BENCH_CALLGRIND:-0}"
+CALLGRIND_DURATION="${BENCH_CALLGRIND_DURATION:-5s}"
 RESULTS_DIR="${BENCH_RESULTS_DIR:-$REPO_ROOT/bench/results}"
 SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
@@ -95,6 +110,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 if [[ $PERF == 1 || $PERF_STAT == 1 ]] && ! command -v perf >/dev/null 2>&1; then need+=(linux-perf); fi
+if [[ $CALLGRIND == 1 ]] && ! command -v callgrind_control >/dev/null 2>&1; then need+=(valgrind); fi
 if [[ ${#need[@]} -gt 0 ]]; then
   log "apt-get install ${need[*]}"
   # Debian's nginx and redis-server packages start their system service on install (nginx on
@@ -125,6 +141,7 @@ if [[ $SKIP_BUILD != 1 && -z ${BENCH_BIN:-} ]]; then
   CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p portcullis-gateway
 fi
 [[ -x $BIN ]] || die "no binary at $BIN"
+[[ -z $BIN_BASELINE || -x $BIN_BASELINE ]] || die "no baseline binary at $BIN_BASELINE"
 
 # --- process bookkeeping -----------------------------------------------------------------
 WORK="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
@@ -199,6 +216,7 @@ free_port NGX_PORT
 free_port REDIS_PORT
 free_port OP_PORT
 free_port GW_PORT
+free_port NGX_CG_PORT
 GW="http://127.0.0.1:$GW_PORT"
 
 nginx_conf() { # nginx_conf NAME WORKERS SERVER_BLOCKS
@@ -289,8 +307,11 @@ log "OP on $OP_PORT"
 
 # (e) the gateway
 GW_PID=""
-start_gateway() { # start_gateway memory|redis
-  local store=$1 conf="$WORK/portcullis-$1.toml"
+start_gateway() { # start_gateway memory|redis [BINARY [PREFIX...]]: PREFIX wraps the command (valgrind)
+  local store=$1 conf="$WORK/portcullis-$1.toml" bin=${2:-$BIN}
+  shift $(($# > 1 ? 2 : 1))
+  local prefix=("$@")
+  [[ ${#prefix[@]} -gt 0 ]] || prefix=("${PROXY_CPU[@]}")
   {
     echo "listen = \"127.0.0.1:$GW_PORT\""
     echo "public_url = \"$GW\""
@@ -307,10 +328,10 @@ start_gateway() { # start_gateway memory|redis
     echo "upstream = \"http://127.0.0.1:$UP_PORT\""
     echo "unauthenticated = \"login\""
   } >"$conf"
-  PORTCULLIS_LOG=warn "${PROXY_CPU[@]}" "$BIN" --config "$conf" >>"$WORK/portcullis-$store.log" 2>&1 &
+  PORTCULLIS_LOG=warn "${prefix[@]}" "$bin" --config "$conf" >>"$WORK/portcullis-$store.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
-  wait_http "$GW/readyz" 200 30 || die "portcullis ($store) not ready; log: $(tail -5 "$WORK/portcullis-$store.log")"
+  wait_http "$GW/readyz" 200 120 || die "portcullis ($store) not ready; log: $(tail -5 "$WORK/portcullis-$store.log")"
   log "portcullis ($store store) ready on $GW_PORT, pid $GW_PID"
 }
 
@@ -529,11 +550,15 @@ for target in $TARGETS; do
   case $target in
     direct) run direct "http://127.0.0.1:$UP_PORT/" "${NGINX_PID[upstream]}" ;;
     nginx) run nginx "http://127.0.0.1:$NGX_PORT/" "${NGINX_PID[proxy]}" ;;
-    memory | redis)
+    memory | redis | memory-base | redis-base)
+      store=${target%-base}
+      bin=$BIN
+      [[ $target == *-base ]] && bin=$BIN_BASELINE
+      [[ -n $bin ]] || die "target $target needs BENCH_BIN_BASELINE"
       stop_gateway
-      start_gateway "$target"
+      start_gateway "$store" "$bin"
       login "$target"
-      if [[ $target == redis ]]; then run redis "$GW/" "$GW_PID" "$REDIS_PID"; else run memory "$GW/" "$GW_PID"; fi
+      if [[ $store == redis ]]; then run "$target" "$GW/" "$GW_PID" "$REDIS_PID"; else run "$target" "$GW/" "$GW_PID"; fi
       ;;
     *) die "unknown target $target" ;;
   esac
@@ -545,7 +570,8 @@ ratio() { # ratio A B
   awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
 }
 declare -A LABELS=([direct]="direct to upstream (nginx return 200)" [nginx]="nginx proxy_pass (keepalive 64)"
-  [memory]="portcullis, memory store" [redis]="portcullis, redis store")
+  [memory]="portcullis, memory store" [redis]="portcullis, redis store"
+  [memory-base]="portcullis baseline, memory store" [redis-base]="portcullis baseline, redis store")
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null) ]]; then commit="$commit+dirty"; fi
@@ -577,6 +603,79 @@ table=$(
 printf '%s\n' "$table"
 printf '%s\n' "$table" >>"$RESULTS_DIR/proxy.md"
 log "table appended to $RESULTS_DIR/proxy.md; raw wrk output in $RUN_DIR"
+
+# --- optional instruction counts ------------------------------------------------------------------
+# callgrind_run NAME URL: wrk against URL while the process under valgrind (CG_PID) collects;
+# prints instructions per request. Collection is off from start-up (--collect-atstart=no), on for
+# the wrk run only, then dumped: startup, discovery and login are not counted.
+CG_PID=""
+callgrind_run() {
+  local name=$1 url=$2 out="$RUN_DIR/wrk-$1-callgrind.txt" n ir
+  check "$url"
+  callgrind_control -z "$CG_PID" >/dev/null
+  callgrind_control -i on "$CG_PID" >/dev/null
+  "${LOAD_CPU[@]}" wrk -t1 -c8 -d"$CALLGRIND_DURATION" -H "Cookie: portcullis=$COOKIE" "$url" >"$out"
+  callgrind_control -i off "$CG_PID" >/dev/null
+  callgrind_control -d "$CG_PID" >/dev/null
+  sleep 1
+  n=$(awk '/requests in/ { print $1 }' "$out")
+  ir=$(cat "$WORK"/callgrind.out."$CG_PID"* 2>/dev/null | awk '/^summary:/ { s += $2 } /^totals:/ { t += $2 } END { print (s ? s : t) }')
+  rm -f "$WORK"/callgrind.out."$CG_PID"*
+  [[ -n $n && $n -gt 0 && -n $ir ]] || die "callgrind $name: no count (requests: ${n:-?})"
+  IR[$name]=$(awk -v i="$ir" -v n="$n" 'BEGIN { printf "%.0f", i / n }')
+  IRN[$name]=$n
+  log "callgrind $name: ${IR[$name]} instructions/request over $n requests"
+}
+declare -A IR IRN
+if [[ $CALLGRIND == 1 ]]; then
+  VG=(valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p")
+  for target in $TARGETS; do
+    case $target in
+      nginx)
+        # One nginx process (no master, no workers) so that callgrind sees all of its work.
+        nginx_conf proxy-cg 1 "
+    upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$NGX_CG_PORT;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
+        sed -i 's/^worker_processes 1;/worker_processes 1;\nmaster_process off;/' "$WORK/nginx-proxy-cg.conf"
+        "${VG[@]}" "$NGINX" -p "$WORK/nginx-proxy-cg" -e "$WORK/nginx-proxy-cg.log" -c "$WORK/nginx-proxy-cg.conf" \
+          -g 'daemon off;' >>"$WORK/nginx-proxy-cg.log" 2>&1 &
+        CG_PID=$!
+        PIDS+=("$CG_PID")
+        wait_http "http://127.0.0.1:$NGX_CG_PORT/" 200 60 || die "nginx under callgrind did not answer"
+        COOKIE="v1.$(printf 'A%.0s' {1..43}).$(printf 'B%.0s' {1..43})"
+        callgrind_run nginx "http://127.0.0.1:$NGX_CG_PORT/"
+        stop_pid "$CG_PID"
+        ;;
+      memory | redis | memory-base | redis-base)
+        store=${target%-base}
+        bin=$BIN
+        [[ $target == *-base ]] && bin=$BIN_BASELINE
+        stop_gateway
+        start_gateway "$store" "$bin" "${VG[@]}"
+        CG_PID=$GW_PID
+        login "$target-cg"
+        callgrind_run "$target" "$GW/"
+        stop_gateway
+        ;;
+    esac
+  done
+  table=$(
+    echo
+    echo "Instructions per request (valgrind --tool=callgrind, collection on for one wrk -t1 -c8 -d$CALLGRIND_DURATION run only; commit $commit):"
+    echo
+    echo "| target | instructions/request | vs nginx proxy_pass | requests counted |"
+    echo "| --- | ---: | ---: | ---: |"
+    for target in $TARGETS; do
+      [[ -n ${IR[$target]:-} ]] || continue
+      echo "| ${LABELS[$target]} | ${IR[$target]} | $(ratio "${IR[$target]}" "${IR[nginx]:-}") | ${IRN[$target]} |"
+    done
+  )
+  printf '%s\n' "$table"
+  printf '%s\n' "$table" >>"$RESULTS_DIR/proxy.md"
+fi
 
 # --- optional profile ------------------------------------------------------------------------
 dur_secs() { # 10s, 2m, 30 -> seconds
