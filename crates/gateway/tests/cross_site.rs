@@ -40,6 +40,9 @@ enum Origin<'a> {
     Other(&'a str),
 }
 
+/// (who, method, path, Sec-Fetch-Site, Origin, expected status, reached the upstream).
+type Row<'a> = (Who, &'a str, &'a str, Option<&'a str>, Origin<'a>, u16, bool);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_cross_site_requests_with_a_session_are_refused() {
     use Origin::{None as NoOrigin, Other, Own};
@@ -51,7 +54,7 @@ async fn unsafe_cross_site_requests_with_a_session_are_refused() {
     let other_port = other_port.as_str();
 
     #[rustfmt::skip]
-    let table: &[(Who, &str, &str, Option<&str>, Origin<'_>, u16, bool)] = &[
+    let table: &[Row<'_>] = &[
         // who      method     path            Sec-Fetch-Site       Origin            status forwarded
         (Session,  "POST",    "/api/a",       Some("cross-site"),  NoOrigin,         403,   false),
         (Session,  "POST",    "/api/a",       Some("same-site"),   NoOrigin,         403,   false),
@@ -88,7 +91,8 @@ async fn unsafe_cross_site_requests_with_a_session_are_refused() {
         s.upstream.clear();
         let client = if who == Session { &browser } else { &anonymous };
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = client.http().request(method.clone(), s.url(&format!("{path}?row={i}"))).header(header::ACCEPT, "application/json");
+        let mut request =
+            client.http().request(method.clone(), s.url(&format!("{path}?row={i}"))).header(header::ACCEPT, "application/json");
         if ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&method) {
             request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body("x=1");
         }

@@ -28,7 +28,7 @@ pub(crate) enum Site {
     /// The gateway's own origin, or a user-initiated navigation.
     SameOrigin,
     /// Another site; the reason is for the log (it names a header, never a value of the user's).
-    CrossSite(&'static str),
+    Other(&'static str),
     /// Neither `Sec-Fetch-Site` nor `Origin`: not a browser, or a very old one.
     Unknown,
 }
@@ -38,13 +38,13 @@ pub(crate) enum Site {
 pub(crate) fn judge(headers: &HeaderMap, own_origin: &str) -> Site {
     let mut fetch_site = headers.get_all("sec-fetch-site").iter();
     match (fetch_site.next(), fetch_site.next()) {
-        (Some(_), Some(_)) => return Site::CrossSite("several Sec-Fetch-Site headers"),
+        (Some(_), Some(_)) => return Site::Other("several Sec-Fetch-Site headers"),
         (Some(value), None) => {
             return match value.as_bytes() {
                 b"same-origin" | b"none" => Site::SameOrigin,
-                b"same-site" => Site::CrossSite("Sec-Fetch-Site: same-site"),
-                b"cross-site" => Site::CrossSite("Sec-Fetch-Site: cross-site"),
-                _ => Site::CrossSite("unrecognised Sec-Fetch-Site"),
+                b"same-site" => Site::Other("Sec-Fetch-Site: same-site"),
+                b"cross-site" => Site::Other("Sec-Fetch-Site: cross-site"),
+                _ => Site::Other("unrecognised Sec-Fetch-Site"),
             };
         }
         (None, _) => {}
@@ -52,11 +52,11 @@ pub(crate) fn judge(headers: &HeaderMap, own_origin: &str) -> Site {
     let mut origins = headers.get_all(header::ORIGIN).iter();
     match (origins.next(), origins.next()) {
         (None, _) => Site::Unknown,
-        (Some(_), Some(_)) => Site::CrossSite("several Origin headers"),
+        (Some(_), Some(_)) => Site::Other("several Origin headers"),
         // Scheme and host are case-insensitive; browsers send them lowercase anyway.
         (Some(origin), None) if origin.as_bytes().eq_ignore_ascii_case(own_origin.as_bytes()) => Site::SameOrigin,
-        (Some(origin), None) if origin.as_bytes() == b"null" => Site::CrossSite("Origin: null"),
-        (Some(_), None) => Site::CrossSite("Origin of another site"),
+        (Some(origin), None) if origin.as_bytes() == b"null" => Site::Other("Origin: null"),
+        (Some(_), None) => Site::Other("Origin of another site"),
     }
 }
 
@@ -87,27 +87,27 @@ mod tests {
             (&[("sec-fetch-site", "same-origin")], SameOrigin),
             (&[("sec-fetch-site", "none")], SameOrigin),
             (&[("sec-fetch-site", "same-origin"), ("origin", "https://evil.example")], SameOrigin),
-            (&[("sec-fetch-site", "cross-site")], CrossSite("Sec-Fetch-Site: cross-site")),
-            (&[("sec-fetch-site", "cross-site"), ("origin", OWN)], CrossSite("Sec-Fetch-Site: cross-site")),
-            (&[("sec-fetch-site", "same-site")], CrossSite("Sec-Fetch-Site: same-site")),
-            (&[("sec-fetch-site", "same-site"), ("origin", "https://user.example.com")], CrossSite("Sec-Fetch-Site: same-site")),
-            (&[("sec-fetch-site", "Same-Origin")], CrossSite("unrecognised Sec-Fetch-Site")),
-            (&[("sec-fetch-site", "")], CrossSite("unrecognised Sec-Fetch-Site")),
-            (&[("sec-fetch-site", "same-origin"), ("sec-fetch-site", "same-origin")], CrossSite("several Sec-Fetch-Site headers")),
-            (&[("sec-fetch-site", "cross-site"), ("sec-fetch-site", "same-origin")], CrossSite("several Sec-Fetch-Site headers")),
+            (&[("sec-fetch-site", "cross-site")], Other("Sec-Fetch-Site: cross-site")),
+            (&[("sec-fetch-site", "cross-site"), ("origin", OWN)], Other("Sec-Fetch-Site: cross-site")),
+            (&[("sec-fetch-site", "same-site")], Other("Sec-Fetch-Site: same-site")),
+            (&[("sec-fetch-site", "same-site"), ("origin", "https://user.example.com")], Other("Sec-Fetch-Site: same-site")),
+            (&[("sec-fetch-site", "Same-Origin")], Other("unrecognised Sec-Fetch-Site")),
+            (&[("sec-fetch-site", "")], Other("unrecognised Sec-Fetch-Site")),
+            (&[("sec-fetch-site", "same-origin"), ("sec-fetch-site", "same-origin")], Other("several Sec-Fetch-Site headers")),
+            (&[("sec-fetch-site", "cross-site"), ("sec-fetch-site", "same-origin")], Other("several Sec-Fetch-Site headers")),
             // Without it, Origin.
             (&[("origin", OWN)], SameOrigin),
             (&[("origin", "HTTPS://APP.EXAMPLE.COM")], SameOrigin),
-            (&[("origin", "null")], CrossSite("Origin: null")),
-            (&[("origin", "https://evil.example")], CrossSite("Origin of another site")),
-            (&[("origin", "http://app.example.com")], CrossSite("Origin of another site")),
-            (&[("origin", "https://app.example.com:8443")], CrossSite("Origin of another site")),
-            (&[("origin", "https://app.example.com/")], CrossSite("Origin of another site")),
-            (&[("origin", "https://app.example.com.evil.example")], CrossSite("Origin of another site")),
-            (&[("origin", "https://sub.app.example.com")], CrossSite("Origin of another site")),
-            (&[("origin", "")], CrossSite("Origin of another site")),
-            (&[("origin", OWN), ("origin", OWN)], CrossSite("several Origin headers")),
-            (&[("origin", OWN), ("origin", "https://evil.example")], CrossSite("several Origin headers")),
+            (&[("origin", "null")], Other("Origin: null")),
+            (&[("origin", "https://evil.example")], Other("Origin of another site")),
+            (&[("origin", "http://app.example.com")], Other("Origin of another site")),
+            (&[("origin", "https://app.example.com:8443")], Other("Origin of another site")),
+            (&[("origin", "https://app.example.com/")], Other("Origin of another site")),
+            (&[("origin", "https://app.example.com.evil.example")], Other("Origin of another site")),
+            (&[("origin", "https://sub.app.example.com")], Other("Origin of another site")),
+            (&[("origin", "")], Other("Origin of another site")),
+            (&[("origin", OWN), ("origin", OWN)], Other("several Origin headers")),
+            (&[("origin", OWN), ("origin", "https://evil.example")], Other("several Origin headers")),
             // Neither: not a browser (or a very old one).
             (&[], Unknown),
             (&[("referer", "https://evil.example/")], Unknown),

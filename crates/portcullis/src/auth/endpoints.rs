@@ -58,7 +58,7 @@ async fn sign_out(State(auth): State<Authenticator>, headers: HeaderMap, Query(q
     let return_to = q.rd.as_deref().and_then(safe_return_path);
     match cross_site::judge(&headers, &cross_site::origin_of(&auth.0.public_url)) {
         Site::SameOrigin => end_session(&auth, &headers, return_to).await,
-        Site::CrossSite(reason) => {
+        Site::Other(reason) => {
             tracing::warn!(reason, "cross-site sign-out refused; nothing ended");
             match RequestKind::of(&headers) {
                 RequestKind::Navigation => sign_out_page(

@@ -127,7 +127,7 @@ where
             // Judged before the headers are edited below; acted on only when there is a session.
             let cross_site = match csrf == CsrfProtection::On && cross_site::is_unsafe(req.method()) {
                 true => match cross_site::judge(req.headers(), &own_origin) {
-                    Site::CrossSite(reason) => Some((reason, req.method().clone(), req.uri().path().to_string())),
+                    Site::Other(reason) => Some((reason, req.method().clone(), req.uri().path().to_string())),
                     Site::SameOrigin | Site::Unknown => None,
                 },
                 false => None,

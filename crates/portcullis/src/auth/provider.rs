@@ -187,7 +187,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_key_stops_being_trusted_and_a_failed_refresh_keeps_the_last_good_set() {
-        let state: Shared = Arc::new(Mutex::new(OpState { kids: vec!["old".into()], token_endpoint: "/token".into(), ..Default::default() }));
+        let state: Shared =
+            Arc::new(Mutex::new(OpState { kids: vec!["old".into()], token_endpoint: "/token".into(), ..Default::default() }));
         let (handle, task) = started(&state, Duration::from_millis(300), Duration::from_secs(3600)).await;
         assert!(trusted(&handle, "old").await);
 
@@ -220,10 +221,8 @@ mod tests {
         assert!(before.metadata().token_endpoint.as_str().ends_with("/token"));
 
         state.lock().unwrap().token_endpoint = "/v2/token".into();
-        eventually("the new metadata is in use", async || {
-            handle.get().unwrap().metadata().token_endpoint.as_str().ends_with("/v2/token")
-        })
-        .await;
+        eventually("the new metadata is in use", async || handle.get().unwrap().metadata().token_endpoint.as_str().ends_with("/v2/token"))
+            .await;
         // What a request already held is untouched.
         assert!(before.metadata().token_endpoint.as_str().ends_with("/token"));
 
