@@ -65,6 +65,7 @@ async fn select_route(State(table): State<Arc<RouteTable>>, mut req: Request, ne
         return failure.respond(RequestKind::of(req.headers())).into_response();
     };
     req.extensions_mut().insert(route.unauthenticated);
+    req.extensions_mut().insert(portcullis::auth::CsrfProtection::from(route.config.csrf_protection));
     req.extensions_mut().insert(route);
     next.run(req).await
 }

@@ -185,7 +185,7 @@ async fn tokens_and_secrets_never_reach_the_log() {
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert_eq!(browser.http().get(s.url("/")).send().await.unwrap().status(), 200);
     tokens.push(s.upstream.last().unwrap().bearer.unwrap());
-    browser.navigate(&s.url("/oauth2/sign_out")).await;
+    browser.sign_out(&s.gateway.url()).await;
     let log = s.gateway.log_text();
     assert!(log.contains("logged in") && log.contains("logged out"), "{log}");
     for secret in tokens.iter().chain([&cookie, &portcullis_testkit::CLIENT_SECRET.to_string(), &"test-secret-test-secret".to_string()]) {

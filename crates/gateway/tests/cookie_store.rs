@@ -115,7 +115,7 @@ async fn tampered_cookie_and_logout() {
     assert_eq!(burst(&s, &tampered, 1).await[0].0, 401);
     assert_eq!(burst(&s, &c0, 1).await[0].0, 200);
 
-    let hop = browser.navigate(&s.url("/oauth2/sign_out")).await;
+    let hop = browser.sign_out(&s.gateway.url()).await;
     assert_eq!(hop.status, 302);
     assert!(hop.set_cookies.iter().any(|c| c.starts_with("portcullis=;") && c.contains("Max-Age=0")), "{:?}", hop.set_cookies);
     assert_eq!(s.op.stats().await["revocations"], 1);

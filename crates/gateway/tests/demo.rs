@@ -129,7 +129,7 @@ impl Demo {
         for id in ["user", "email", "token-remaining", "parallel-count", "fire", "results", "summary", "grants-before", "grants-after"] {
             assert!(page.contains(&format!("id=\"{id}\"")), "the page lacks #{id}");
         }
-        assert!(page.contains("/oauth2/sign_out"), "the page lacks the sign-out link");
+        assert!(page.contains("method=\"post\" action=\"/oauth2/sign_out\""), "the page lacks the sign-out button");
 
         let me = self.api("/api/me").await;
         assert_eq!(me["user"], "demo", "{me}");
@@ -173,10 +173,22 @@ impl Demo {
         pings
     }
 
-    /// The page's "Sign out": the OP ends its session and sends the browser back to the demo
-    /// (a registered post-logout URI), which needs a login again.
+    /// The page's "Sign out" button (a same-origin form POST, marked as a browser marks it):
+    /// the OP ends its session and sends the browser back to the demo (a registered
+    /// post-logout URI), which needs a login again.
     async fn sign_out(&self) {
-        let (status, end, page) = self.follow(self.url.join("/oauth2/sign_out").unwrap().as_str()).await;
+        let response = self
+            .browser
+            .post(self.url.join("/oauth2/sign_out").unwrap())
+            .header("sec-fetch-mode", "navigate")
+            .header("sec-fetch-site", "same-origin")
+            .header(header::ORIGIN, self.url.origin().ascii_serialization())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND, "{}", self.log());
+        let next = self.url.join(response.headers()[header::LOCATION].to_str().unwrap()).unwrap();
+        let (status, end, page) = self.follow(next.as_str()).await;
         assert_eq!(status, StatusCode::OK, "{page}\n{}", self.log());
         assert_ne!(end.origin(), self.url.origin(), "back at the OP's login page: {end}");
         assert!(page.contains("name=\"password\""), "the login form again: {page}");

@@ -92,7 +92,7 @@ async fn logout_revokes_and_ends_session(store: Store) {
     let (browser, _) = s.logged_in("/", "carol").await;
     let token = s.upstream.last().unwrap().bearer.unwrap();
 
-    let hop = browser.navigate(&s.url("/oauth2/sign_out")).await;
+    let hop = browser.sign_out(&s.gateway.url()).await;
     assert_eq!(hop.status, 302);
     let end = hop.location.unwrap();
     assert!(end.as_str().starts_with(&format!("{}/session/end?", s.op.issuer())), "{end}");

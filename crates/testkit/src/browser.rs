@@ -102,6 +102,27 @@ impl Browser {
         hops
     }
 
+    /// Signs out as a user does: opens `<gateway>/oauth2/sign_out` (a confirmation page) and
+    /// clicks its button, a form POST marked same-origin as a current browser marks it
+    /// (`Origin`, `Sec-Fetch-Site: same-origin`). Returns the POST's answer.
+    pub async fn sign_out(&self, gateway: &str) -> Hop {
+        let page = self.navigate(&format!("{}/oauth2/sign_out", gateway.trim_end_matches('/'))).await;
+        assert_eq!(page.status, 200, "the sign-out confirmation page: {page:#?}");
+        let action = form_action(&page.body).unwrap_or_else(|| panic!("no sign-out form: {}", page.body));
+        let action = page.url.join(&action).unwrap();
+        let response = self
+            .http
+            .post(action.clone())
+            .header("sec-fetch-mode", "navigate")
+            .header("sec-fetch-site", "same-origin")
+            .header(header::ORIGIN, page.url.origin().ascii_serialization())
+            .header(header::ACCEPT, "text/html,application/xhtml+xml")
+            .send()
+            .await
+            .unwrap();
+        hop(action, response).await
+    }
+
     /// The value of cookie `name` that the browser would send to `url`.
     pub fn cookie(&self, url: &str, name: &str) -> Option<String> {
         let header = self.jar.cookies(&url.parse().unwrap())?;

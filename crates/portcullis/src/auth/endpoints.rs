@@ -9,7 +9,13 @@ use axum::{
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
-use super::{Authenticator, Failure, RequestKind, login::CallbackQuery, return_to::safe_return_path};
+use super::{
+    Authenticator, Failure, RequestKind,
+    cross_site::{self, Site},
+    login::CallbackQuery,
+    responses::sign_out_page,
+    return_to::safe_return_path,
+};
 use crate::session::{SessionKey, SessionRecord, StoreError};
 
 /// `rd` parameter of start and sign-out.
@@ -23,7 +29,7 @@ pub fn routes(auth: Authenticator) -> Router {
     Router::new()
         .route("/oauth2/start", get(start))
         .route("/oauth2/callback", get(callback))
-        .route("/oauth2/sign_out", get(sign_out).post(sign_out))
+        .route("/oauth2/sign_out", get(confirm_sign_out).post(sign_out))
         .route("/oauth2/userinfo", get(userinfo))
         .with_state(auth)
 }
@@ -36,20 +42,54 @@ async fn callback(State(auth): State<Authenticator>, headers: HeaderMap, Query(q
     auth.finish_login(q, &headers).await
 }
 
+/// `GET /oauth2/sign_out`: the confirmation page, whoever links to it. A GET ends nothing: a
+/// link, image or top-level navigation from another site carries the `SameSite=Lax` cookie,
+/// and used to end the session, revoke the refresh token and end the user's single sign-on.
+async fn confirm_sign_out(Query(q): Query<ReturnQuery>) -> Response {
+    sign_out_page(StatusCode::OK, None, q.rd.as_deref().and_then(safe_return_path))
+}
+
+/// `POST /oauth2/sign_out`: ends the session when the browser says the request came from this
+/// gateway's own origin (`Sec-Fetch-Site: same-origin`, or without it an `Origin` equal to
+/// `public_url`'s). Another site gets 403 and nothing ends. A POST with neither header (curl, a
+/// browser from before 2020) gets the confirmation page: sign-out needs positive evidence, and
+/// the page's own button sends it. Scripts sign out with `Origin: <public_url>`.
+async fn sign_out(State(auth): State<Authenticator>, headers: HeaderMap, Query(q): Query<ReturnQuery>) -> Response {
+    let return_to = q.rd.as_deref().and_then(safe_return_path);
+    match cross_site::judge(&headers, &cross_site::origin_of(&auth.0.public_url)) {
+        Site::SameOrigin => end_session(&auth, &headers, return_to).await,
+        Site::Other(reason) => {
+            tracing::warn!(reason, "cross-site sign-out refused; nothing ended");
+            match RequestKind::of(&headers) {
+                RequestKind::Navigation => sign_out_page(
+                    StatusCode::FORBIDDEN,
+                    Some("Another site asked to sign you out, so nothing was ended. If you want to sign out, use this button."),
+                    return_to,
+                ),
+                RequestKind::Api => Failure::cross_site().respond(RequestKind::Api),
+            }
+        }
+        Site::Unknown => {
+            tracing::info!("sign-out POST without Origin or Sec-Fetch-Site; asking for confirmation");
+            sign_out_page(StatusCode::OK, None, return_to)
+        }
+    }
+}
+
 /// Ends the session here, revokes its refresh token at the OP, then sends the browser to the
 /// OP's end-session endpoint (or to `rd`). Deleting first: a failing OP must not keep the user
 /// logged in at the gateway.
-async fn sign_out(State(auth): State<Authenticator>, headers: HeaderMap, Query(q): Query<ReturnQuery>) -> Response {
+async fn end_session(auth: &Authenticator, headers: &HeaderMap, return_to: Option<&str>) -> Response {
     let inner = &auth.0;
     let mut clear = vec![inner.cookies.clear_session()];
     let ended = match &inner.cookie_sessions {
-        Some(cookie_sessions) => cookie_sessions.read(&headers).map(|payload| {
-            clear = cookie_sessions.end(&payload.key, &headers);
+        Some(cookie_sessions) => cookie_sessions.read(headers).map(|payload| {
+            clear = cookie_sessions.end(&payload.key, headers);
             (payload.key, payload.record)
         }),
-        None => match end_stored_session(&auth, &headers).await {
+        None => match end_stored_session(auth, headers).await {
             Ok(ended) => ended,
-            Err(failure) => return failure.respond(RequestKind::of(&headers)),
+            Err(failure) => return failure.respond(RequestKind::of(headers)),
         },
     };
     let mut id_token = None;
@@ -62,7 +102,7 @@ async fn sign_out(State(auth): State<Authenticator>, headers: HeaderMap, Query(q
         }
         id_token = record.tokens.id_token;
     }
-    let local = q.rd.as_deref().and_then(safe_return_path).unwrap_or("/").to_string();
+    let local = return_to.unwrap_or("/").to_string();
     let target = inner.provider.get().and_then(|c| c.end_session_url(id_token.as_deref())).map(String::from).unwrap_or(local);
     let mut response = Redirect::to(&target).into_response();
     *response.status_mut() = StatusCode::FOUND;

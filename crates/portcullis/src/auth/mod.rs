@@ -3,6 +3,7 @@
 mod authenticator;
 mod cookie_sessions;
 mod cookies;
+mod cross_site;
 mod endpoints;
 pub mod identity_headers;
 mod layer;
@@ -17,7 +18,7 @@ mod stats;
 pub use authenticator::{AuthError, Authenticator, Session};
 pub use cookies::CookieSettings;
 pub use endpoints::routes;
-pub use layer::{AuthLayer, AuthService};
+pub use layer::{AuthLayer, AuthService, CsrfProtection};
 pub use login::CallbackQuery;
 pub use provider::ProviderHandle;
 pub use refresh::RefreshError;

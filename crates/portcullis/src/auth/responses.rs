@@ -43,6 +43,19 @@ impl Failure {
         Self { status: StatusCode::BAD_REQUEST, code, message: message.into(), login_url: None }
     }
 
+    /// 403 for a cookie-authenticated request that another site made the browser send
+    /// (cross-site request forgery); nothing was forwarded.
+    pub fn cross_site() -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "cross_site_request",
+            message: "This request came from another site, so it was refused: a page elsewhere cannot act with your session here. \
+                      Nothing was changed. Go back to the application and try again from there."
+                .into(),
+            login_url: None,
+        }
+    }
+
     /// With a login link.
     pub fn with_login_url(mut self, url: String) -> Self {
         self.login_url = Some(url);
@@ -82,15 +95,72 @@ fn page(status: StatusCode, message: &str, login_url: Option<&str>) -> String {
         }
         None => "<p><a class=\"button\" href=\"/\">Back to the start page</a></p>".to_string(),
     };
+    document(title, &format!("<p class=\"code\">{}</p><h1>{title}</h1><p>{}</p>{action}", status.as_u16(), escape(message)))
+}
+
+/// The style of every page the gateway renders; one constant so the confirmation page's CSP
+/// can allow exactly it by hash instead of `'unsafe-inline'`.
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;background:#f5f6f8;color:#1d2330;display:grid;place-items:center;min-height:90vh}\
+main{background:#fff;padding:2rem 2.5rem;border-radius:12px;box-shadow:0 2px 12px #0001;max-width:32rem}h1{font-size:1.3rem;margin:0 0 .5rem}\
+.code{color:#6b7280;font-size:.9rem}.button{display:inline-block;background:#2f5bea;color:#fff;padding:.5rem 1rem;border-radius:8px;text-decoration:none;\
+border:0;font:inherit;cursor:pointer}form{display:inline}.quiet{margin-left:1rem;color:#2f5bea}";
+
+fn document(title: &str, main: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{title}</title><style>body{{font:16px/1.5 system-ui,sans-serif;background:#f5f6f8;color:#1d2330;display:grid;place-items:center;min-height:90vh}}\
-main{{background:#fff;padding:2rem 2.5rem;border-radius:12px;box-shadow:0 2px 12px #0001;max-width:32rem}}h1{{font-size:1.3rem;margin:0 0 .5rem}}\
-.code{{color:#6b7280;font-size:.9rem}}.button{{display:inline-block;background:#2f5bea;color:#fff;padding:.5rem 1rem;border-radius:8px;text-decoration:none}}</style></head>\
-<body><main><p class=\"code\">{code}</p><h1>{title}</h1><p>{message}</p>{action}</main></body></html>",
-        code = status.as_u16(),
-        message = escape(message),
+<title>{title}</title><style>{STYLE}</style></head><body><main>{main}</main></body></html>"
     )
+}
+
+/// The sign-out confirmation: a page with one button that POSTs to `/oauth2/sign_out`, sent
+/// for every `GET /oauth2/sign_out` and for a POST that carries no evidence of its origin. A
+/// link or image on another site can show it, but only the user's click on it (a same-origin
+/// form submission, which the browser marks as such) ends the session.
+///
+/// `status` is 200 for the confirmation, 403 when a cross-site POST was refused (the page then
+/// says so and offers the same button). `return_to` must already be a safe local path.
+pub(crate) fn sign_out_page(status: StatusCode, notice: Option<&str>, return_to: Option<&str>) -> Response {
+    let action = match return_to {
+        Some(rd) => format!("/oauth2/sign_out?rd={}", url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()),
+        None => "/oauth2/sign_out".to_string(),
+    };
+    let notice = notice.map(|n| format!("<p>{}</p>", escape(n))).unwrap_or_default();
+    let html = document(
+        "Sign out",
+        &format!(
+            "<h1>Sign out?</h1>{notice}<p>This ends your session here and at the identity provider.</p>\
+<form method=\"post\" action=\"{action}\"><button class=\"button\" type=\"submit\">Sign out</button></form>\
+<a class=\"quiet\" href=\"{back}\">Cancel</a>",
+            action = escape(&action),
+            back = escape(return_to.unwrap_or("/")),
+        ),
+    );
+    let mut response = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], Body::from(html)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, sign_out_csp().clone());
+    // The button must not be clickable inside someone else's frame (clickjacking into a
+    // logout); `frame-ancestors` covers current browsers, `X-Frame-Options` older ones.
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Not `no-referrer`: under that policy a browser sends `Origin: null` on the form's POST,
+    // and one without `Sec-Fetch-Site` would then be refused as cross-site.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// No scripts, no loads, no framing, no `<base>`; the one inline style allowed by its hash.
+/// No `form-action`: it does not fall back to `default-src`, and Chrome and Safari apply it to
+/// the redirects that follow a submission, so `form-action 'self'` would block the POST's
+/// redirect to the OP's end-session endpoint (and wherever the OP sends the browser next).
+fn sign_out_csp() -> &'static HeaderValue {
+    static CSP: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        let hash = STANDARD.encode(crate::crypto::sha256(STYLE.as_bytes()));
+        let policy = format!("default-src 'none'; style-src 'sha256-{hash}'; frame-ancestors 'none'; base-uri 'none'");
+        HeaderValue::from_str(&policy).expect("base64 is a valid header value")
+    })
 }
 
 /// HTML-escapes text for element content and double-quoted attributes.

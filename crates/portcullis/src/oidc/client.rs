@@ -66,6 +66,11 @@ impl OidcClient {
         })
     }
 
+    /// The JWKS cache, for the periodic refresh (`auth::provider`).
+    pub(crate) fn jwks(&self) -> &JwksCache {
+        &self.jwks
+    }
+
     /// The discovered metadata.
     pub fn metadata(&self) -> &ProviderMetadata {
         &self.metadata

@@ -67,6 +67,35 @@ impl JwksCache {
     }
 }
 
+/// What a periodic refetch changed (key ids are public; safe to log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refreshed {
+    /// Keys in the new set.
+    pub(crate) keys: usize,
+    /// Ids of keys the OP no longer publishes, which are no longer trusted.
+    pub(crate) dropped: Vec<String>,
+}
+
+impl JwksCache {
+    /// Replaces the whole key set with the OP's current one, so a key the OP dropped (rotated
+    /// out, or withdrawn because it leaked) stops verifying tokens; the unknown-`kid` refetch
+    /// alone would keep trusting it forever. On failure the last good set stays. A set with no
+    /// usable key is treated as a failure: it is a broken answer far more often than an OP
+    /// that means to accept no logins, and keeping the old set costs nothing in that case.
+    pub(crate) async fn refresh_all(&self) -> Result<Refreshed, OidcError> {
+        let fresh = fetch(&self.http, &self.uri).await?;
+        if fresh.keys.is_empty() {
+            return Err(OidcError::Jwks("the JWKS has no usable key; keeping the last good set".into()));
+        }
+        let kids = |set: &JwkSet| set.keys.iter().filter_map(|k| k.common.key_id.clone()).collect::<Vec<_>>();
+        let new_kids = kids(&fresh);
+        let keys = fresh.keys.len();
+        let old = std::mem::replace(&mut *self.keys.write().unwrap_or_else(|e| e.into_inner()), Arc::new(fresh));
+        let dropped = kids(&old).into_iter().filter(|kid| !new_kids.contains(kid)).collect();
+        Ok(Refreshed { keys, dropped })
+    }
+}
+
 fn select(keys: &JwkSet, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Option<Jwk> {
     let usable = |k: &&Jwk| {
         let use_ok = k.common.public_key_use.as_ref().is_none_or(|u| *u == jsonwebtoken::jwk::PublicKeyUse::Signature);
