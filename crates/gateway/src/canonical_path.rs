@@ -460,7 +460,7 @@ impl Utf8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -620,14 +620,31 @@ mod tests {
         assert_eq!(canonicalize_uri(&settings, &uri), Err(TooLong));
     }
 
-    /// Paths built from the pieces attacks are made of.
+    /// Paths built from the segments and pieces attacks are made of: whole hostile segments
+    /// (so that `/%2e%2e/admin` comes up often) and segments glued from small pieces.
     pub(crate) fn hostile_path() -> impl Strategy<Value = String> {
-        let piece = prop::sample::select(vec![
-            "/", "//", ".", "..", "a", "b", "admin", "app", "ADMIN", "x.y", "~", "-", ";", ";x=1", "%2e", "%2E", "%2e%2e", ".%2E", "%61",
-            "%41", "%7e", "%7E", "%2f", "%2F", "%5c", "\\", "%00", "%0a", "%7f", "%25", "%252e", "%25%32%65", "%3b", "%3B", "%3f", "%23",
-            "%3a", "%3A", "%40", "%20", " ", "\"", "é", "%c3%a9", "%C3%A9", "%c3", "%a9", "%c0%ae", "%", "%z", ":", "@", "!", "*", "+",
+        let whole = prop::sample::select(vec![
+            "", ".", "..", "admin", "app", "ADMIN", "x", "%2e", "%2E", "%2e%2e", ".%2E", "%2E.", "%61dmin", "%61pp", "admin;x", "..;", ".;x",
+            "..;x", "%2fadmin", "admin%2f", "%5cadmin", "\\admin", "%252e%252e", "%25%32%65", "%C0%AE%C0%AE", "%3b", "admin%3Bx", "%3f",
+            "admin%23", "%00", "%0d%0a", "%7f", "~user", "%7euser", "%c3%a9", "é",
         ]);
-        prop::collection::vec(piece, 0..12).prop_map(|pieces| format!("/{}", pieces.concat()))
+        let piece = prop::sample::select(vec![
+            ".", "a", "b", "admin", "app", "~", "-", ";", "=1", "%2e", "%2E", "%61", "%41", "%7e", "%2f", "%2F", "%5c", "\\", "%00", "%0a",
+            "%25", "%3b", "%3f", "%23", "%3a", "%40", "%20", " ", "\"", "é", "%c3%a9", "%c3", "%a9", "%c0%ae", "%", "%z", ":", "@", "*",
+        ]);
+        let glued = prop::collection::vec(piece, 1..4).prop_map(|pieces| pieces.concat());
+        let segment = prop_oneof![3 => whole.prop_map(String::from), 2 => glued];
+        let separator = prop::sample::select(vec!["/", "/", "/", "//"]);
+        prop::collection::vec((segment, separator), 0..6).prop_map(|parts| {
+            let mut path = String::from("/");
+            for (i, (segment, separator)) in parts.iter().enumerate() {
+                if i > 0 {
+                    path.push_str(separator);
+                }
+                path.push_str(segment);
+            }
+            path
+        })
     }
 
     proptest! {
