@@ -125,6 +125,16 @@ pub(crate) fn canonicalize_path(path: &str, parameters: PathParameters) -> Resul
         return Err(PathRefusal::NotAPath);
     }
     let refuse_parameters = parameters == PathParameters::Refuse;
+    if is_plainly_canonical(input, refuse_parameters) {
+        return Ok(Cow::Borrowed(path));
+    }
+    full_pass(path, refuse_parameters)
+}
+
+/// Segment by segment: decodes, encodes, removes dot segments and merges slashes, copying
+/// only from the first byte that changes.
+fn full_pass(path: &str, refuse_parameters: bool) -> Result<Cow<'_, str>, PathRefusal> {
+    let input = path.as_bytes();
     let mut out = Output::new(input);
     let mut utf8 = Utf8::default();
     let mut pos = 1; // past the leading '/'
@@ -175,6 +185,32 @@ pub(crate) fn canonicalize_path(path: &str, parameters: PathParameters) -> Resul
         return Err(PathRefusal::InvalidUtf8);
     }
     Ok(out.finish(path))
+}
+
+/// The common case in one tight loop: only characters that are canonical as they stand (no
+/// `%`, nothing to encode), no `//`, no `.` or `..` segment. Anything else takes the full pass,
+/// which still returns the path borrowed when it turns out canonical (`%C3%A9`, say).
+fn is_plainly_canonical(input: &[u8], refuse_parameters: bool) -> bool {
+    let mut previous = b'/'; // input[0], checked by the caller
+    for (i, &b) in input.iter().enumerate().skip(1) {
+        match CLASS[b as usize] {
+            Class::Unreserved if b != b'.' => {}
+            Class::Raw => {}
+            Class::Parameter if !refuse_parameters => {}
+            Class::Slash if previous != b'/' => {}
+            Class::Unreserved if previous == b'/' => {
+                // A segment starting with '.': fine unless it is `.` or `..` (or `..;x`).
+                let dots = input[i..].iter().take_while(|&&c| c == b'.').count();
+                if dots <= 2 && matches!(input.get(i + dots), None | Some(b'/' | b';')) {
+                    return false;
+                }
+            }
+            Class::Unreserved => {} // a '.' inside a segment
+            _ => return false,
+        }
+        previous = b;
+    }
+    true
 }
 
 /// What a segment is, as far as dot-segment removal cares.
@@ -335,7 +371,8 @@ const CLASS: [Class; 256] = {
 impl Output<'_> {
     /// Emits the `width` input bytes at `at` when they are already `canonical`, else `canonical`.
     fn keep_or_push(&mut self, at: usize, width: usize, canonical: &[u8]) {
-        if &self.input[at..at + width] == canonical { self.keep(at, width) } else { self.push(canonical) }
+        let same = width == canonical.len() && self.input[at..at + width].iter().zip(canonical).all(|(a, b)| a == b);
+        if same { self.keep(at, width) } else { self.push(canonical) }
     }
 }
 
@@ -624,9 +661,42 @@ pub(crate) mod tests {
     /// (so that `/%2e%2e/admin` comes up often) and segments glued from small pieces.
     pub(crate) fn hostile_path() -> impl Strategy<Value = String> {
         let whole = prop::sample::select(vec![
-            "", ".", "..", "admin", "app", "ADMIN", "x", "%2e", "%2E", "%2e%2e", ".%2E", "%2E.", "%61dmin", "%61pp", "admin;x", "..;", ".;x",
-            "..;x", "%2fadmin", "admin%2f", "%5cadmin", "\\admin", "%252e%252e", "%25%32%65", "%C0%AE%C0%AE", "%3b", "admin%3Bx", "%3f",
-            "admin%23", "%00", "%0d%0a", "%7f", "~user", "%7euser", "%c3%a9", "é",
+            "",
+            ".",
+            "..",
+            "admin",
+            "app",
+            "ADMIN",
+            "x",
+            "%2e",
+            "%2E",
+            "%2e%2e",
+            ".%2E",
+            "%2E.",
+            "%61dmin",
+            "%61pp",
+            "admin;x",
+            "..;",
+            ".;x",
+            "..;x",
+            "%2fadmin",
+            "admin%2f",
+            "%5cadmin",
+            "\\admin",
+            "%252e%252e",
+            "%25%32%65",
+            "%C0%AE%C0%AE",
+            "%3b",
+            "admin%3Bx",
+            "%3f",
+            "admin%23",
+            "%00",
+            "%0d%0a",
+            "%7f",
+            "~user",
+            "%7euser",
+            "%c3%a9",
+            "é",
         ]);
         let piece = prop::sample::select(vec![
             ".", "a", "b", "admin", "app", "~", "-", ";", "=1", "%2e", "%2E", "%61", "%41", "%7e", "%2f", "%2F", "%5c", "\\", "%00", "%0a",
@@ -649,6 +719,16 @@ pub(crate) mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// The hot path's shortcut never accepts what the full pass would change or refuse.
+        #[test]
+        fn shortcut_agrees_with_the_full_pass(path in prop_oneof![hostile_path(), "/[ -~]{0,24}"]) {
+            for refuse in [true, false] {
+                if is_plainly_canonical(path.as_bytes(), refuse) {
+                    prop_assert!(matches!(full_pass(&path, refuse), Ok(Cow::Borrowed(_))), "{path:?}");
+                }
+            }
+        }
 
         /// canon(canon(p)) == canon(p), and a canonical path is returned borrowed (not copied).
         #[test]
