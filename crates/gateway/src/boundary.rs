@@ -40,7 +40,11 @@ pub(crate) async fn apply(State(boundary): State<Arc<Boundary>>, mut req: Reques
         Ok(Some(uri)) => *req.uri_mut() = uri,
         Ok(None) => {}
         Err(refusal) => {
-            tracing::info!(reason = %refusal, "request path refused");
+            // The path as sent, quoted and cut short: it is the attacker's text (the query,
+            // which may carry tokens, is left out).
+            let path = req.uri().path();
+            let shown = path.char_indices().nth(200).map_or(path, |(end, _)| &path[..end]);
+            tracing::info!(reason = %refusal, path = ?shown, "request path refused");
             return Failure::bad_request("bad_path", refusal.to_string()).respond(RequestKind::of(req.headers())).into_response();
         }
     }

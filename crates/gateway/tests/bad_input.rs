@@ -54,11 +54,12 @@ async fn open_redirects_are_refused() {
         let callback = hops.iter().find(|h| h.url.path() == "/oauth2/callback").unwrap();
         assert_eq!(callback.location.as_ref().unwrap().as_str(), s.url("/"), "rd={target:?} must land on / of the gateway");
     }
-    // A request whose own path looks like a protocol-relative URL returns to "/" too.
+    // A request whose own path looks like a protocol-relative URL returns to its canonical
+    // path (slashes merged before routing), on the gateway.
     let browser = Browser::new();
     let hops = browser.login(&s.url("//evil.example/x"), "alice").await;
     let callback = hops.iter().find(|h| h.url.path() == "/oauth2/callback").unwrap();
-    assert_eq!(callback.location.as_ref().unwrap().as_str(), s.url("/"));
+    assert_eq!(callback.location.as_ref().unwrap().as_str(), s.url("/evil.example/x"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
