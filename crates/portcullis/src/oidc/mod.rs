@@ -8,6 +8,7 @@ mod metadata;
 pub(crate) mod pkce;
 mod token;
 
+pub(crate) use client::Refreshed;
 pub use client::OidcClient;
 pub use metadata::ProviderMetadata;
 pub use token::TokenError;
