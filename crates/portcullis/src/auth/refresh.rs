@@ -410,3 +410,7 @@ impl Drop for Watchdog {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+#[path = "refresh_tests.rs"]
+mod tests;
