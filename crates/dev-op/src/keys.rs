@@ -112,7 +112,6 @@ impl Keys {
         validation.set_required_spec_claims(&["iss", "aud", "sub"]);
         jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation).ok().map(|t| t.claims)
     }
-
 }
 
 impl KeySet {

@@ -54,7 +54,8 @@ async fn cookie_store_abandoned_leader_does_not_wedge_the_session() {
     s.op.configure(json!({ "token_delay_ms": 1500 })).await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
-    let dropped = impatient.get(s.url("/api/leader")).header("cookie", format!("portcullis={c0}")).header("accept", "application/json").send().await;
+    let dropped =
+        impatient.get(s.url("/api/leader")).header("cookie", format!("portcullis={c0}")).header("accept", "application/json").send().await;
     assert!(dropped.is_err(), "the leader's client gave up before the OP answered");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let after = burst(&s.gateway.url(), &c0, 5).await;
