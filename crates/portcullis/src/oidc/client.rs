@@ -111,7 +111,7 @@ impl OidcClient {
     /// is refused is an ID token about another `sub` (Core §12.2): the session must end rather
     /// than forward someone else's tokens under this user's name. `wait` bounds the whole call
     /// (the refresh task's wait for the OP, far longer than a request's).
-    pub(crate) async fn refresh(&self, current: &TokenSet, subject: &str, wait: std::time::Duration) -> Result<Refreshed, TokenError> {
+    pub async fn refresh(&self, current: &TokenSet, subject: &str, wait: std::time::Duration) -> Result<Refreshed, TokenError> {
         let Some(refresh_token) = current.refresh_token.clone() else {
             return Err(TokenError::InvalidGrant);
         };
@@ -207,12 +207,12 @@ impl OidcClient {
 
 /// What a refresh grant answered with 2xx yields.
 #[derive(Debug)]
-pub(crate) struct Refreshed {
+pub struct Refreshed {
     /// The new tokens (fields the OP left out carried over).
-    pub(crate) tokens: TokenSet,
+    pub tokens: TokenSet,
     /// The user as the refreshed ID token describes them; `None` keeps the previous identity
     /// (no ID token in the answer, or one that did not verify).
-    pub(crate) identity: Option<Identity>,
+    pub identity: Option<Identity>,
 }
 
 /// The clock reading that `expires_in` counts from. The OP starts the clock when it processes

@@ -8,8 +8,7 @@ mod metadata;
 pub(crate) mod pkce;
 mod token;
 
-pub use client::OidcClient;
-pub(crate) use client::Refreshed;
+pub use client::{OidcClient, Refreshed};
 pub use metadata::ProviderMetadata;
 pub use token::TokenError;
 
