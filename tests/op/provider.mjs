@@ -81,7 +81,7 @@ const runtime = {
   token_delay_ms: envInt('TOKEN_DELAY_MS', 0),
   token_fail: null, // null | "500" | "invalid_grant" | "timeout"
 };
-const TOKEN_FAIL_MODES = new Set([null, '500', 'invalid_grant', 'timeout']);
+const TOKEN_FAIL_MODES = new Set([null, '500', 'invalid_grant', 'timeout', '502_after', '504_after']);
 
 // Counters served by GET /__test/stats.
 function freshStats() {
@@ -518,6 +518,13 @@ async function tokenEndpoint(ctx, next) {
   });
   await next();
   record(ctx.status === 200 ? 'ok' : errorOf(ctx));
+  // "502_after" / "504_after": the OP processed the grant (a rotating refresh token is now
+  // consumed), then a proxy in front of it lost the answer and said 502 / 504 instead.
+  if (grantType === 'refresh_token' && (runtime.token_fail === '502_after' || runtime.token_fail === '504_after')) {
+    ctx.status = runtime.token_fail === '502_after' ? 502 : 504;
+    ctx.type = 'text/html';
+    ctx.body = '<html><body>Bad Gateway</body></html>';
+  }
   return undefined;
 }
 

@@ -2,6 +2,8 @@
 //! Nothing is persisted, so a restart invalidates every token, which is what a development OP
 //! should do (and it exercises a relying party's JWKS refetch on an unknown `kid`).
 
+use std::sync::{Arc, RwLock};
+
 use aws_lc_rs::{encoding::AsDer, rsa, signature};
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
@@ -28,38 +30,69 @@ struct SigningKey {
     public: Jwk,
 }
 
-/// The OP's key pairs and its published JWKS.
-pub(crate) struct Keys {
+/// The OP's key pairs and its published JWKS. Behind a lock only so that `POST /control`
+/// can rotate them (`rotate_signing_keys`); held for a clone of an `Arc`, never across an await.
+pub(crate) struct Keys(RwLock<Arc<KeySet>>);
+
+struct KeySet {
     rsa: SigningKey,
     ec: SigningKey,
+    /// Keys replaced by a rotation: still published (tokens they signed stay verifiable, as at
+    /// a real OP), no longer used to sign.
+    retired: Vec<Jwk>,
+}
+
+fn generate_rsa() -> Result<SigningKey, DevOpError> {
+    let fail = |what: &str| DevOpError::Keys(what.to_string());
+    let rsa_pair = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).map_err(|_| fail("RSA 2048 key generation failed"))?;
+    let pkcs8 = rsa_pair.as_der().map_err(|_| fail("RSA key has no PKCS#8 encoding"))?;
+    // jsonwebtoken's aws-lc backend reads RSA keys as PKCS#1 `RSAPrivateKey`, which PKCS#8
+    // wraps in an OCTET STRING.
+    let pkcs1 = pkcs8_inner_key(pkcs8.as_ref()).ok_or_else(|| fail("unexpected PKCS#8 layout of the RSA key"))?;
+    SigningKey::new("rs256-", Algorithm::RS256, EncodingKey::from_rsa_der(pkcs1))
+}
+
+fn generate_ec() -> Result<SigningKey, DevOpError> {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let ec_pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|_| DevOpError::Keys("P-256 key generation failed".into()))?;
+    SigningKey::new("es256-", Algorithm::ES256, EncodingKey::from_ec_der(ec_pkcs8.as_ref()))
 }
 
 impl Keys {
     pub(crate) fn generate() -> Result<Self, DevOpError> {
-        let fail = |what: &str| DevOpError::Keys(what.to_string());
-        let rsa_pair = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).map_err(|_| fail("RSA 2048 key generation failed"))?;
-        let pkcs8 = rsa_pair.as_der().map_err(|_| fail("RSA key has no PKCS#8 encoding"))?;
-        // jsonwebtoken's aws-lc backend reads RSA keys as PKCS#1 `RSAPrivateKey`, which PKCS#8
-        // wraps in an OCTET STRING.
-        let pkcs1 = pkcs8_inner_key(pkcs8.as_ref()).ok_or_else(|| fail("unexpected PKCS#8 layout of the RSA key"))?;
-        let rsa = SigningKey::new("rs256-", Algorithm::RS256, EncodingKey::from_rsa_der(pkcs1))?;
+        Ok(Self(RwLock::new(Arc::new(KeySet { rsa: generate_rsa()?, ec: generate_ec()?, retired: Vec::new() }))))
+    }
 
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let ec_pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|_| fail("P-256 key generation failed"))?;
-        let ec = SigningKey::new("es256-", Algorithm::ES256, EncodingKey::from_ec_der(ec_pkcs8.as_ref()))?;
-        Ok(Self { rsa, ec })
+    fn set(&self) -> Arc<KeySet> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Replaces both signing keys with new ones (new `kid`s), as an OP's key rollover does.
+    /// The new keys are published at once and sign from now on; the old ones stay published.
+    /// Relying parties under test see ID tokens with a `kid` they have not cached yet.
+    pub(crate) fn rotate(&self) -> Result<(), DevOpError> {
+        let (rsa, ec) = (generate_rsa()?, generate_ec()?);
+        let mut guard = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut retired = guard.retired.clone();
+        retired.extend([guard.rsa.public.clone(), guard.ec.public.clone()]);
+        *guard = Arc::new(KeySet { rsa, ec, retired });
+        Ok(())
     }
 
     /// The public keys, as served at `/jwks`.
     pub(crate) fn jwks(&self) -> JwkSet {
-        JwkSet { keys: vec![self.rsa.public.clone(), self.ec.public.clone()] }
+        let set = self.set();
+        let mut keys = vec![set.rsa.public.clone(), set.ec.public.clone()];
+        keys.extend(set.retired.iter().cloned());
+        JwkSet { keys }
     }
 
     /// Signs claims as a JWT with the given key; `typ` is `JWT` for ID tokens and `logout+jwt`
     /// for logout tokens (Back-Channel Logout §2.4 recommends explicit typing).
     pub(crate) fn sign(&self, alg: SigningAlg, typ: &str, claims: &Map<String, Value>) -> String {
-        let key = self.key(alg);
+        let set = self.set();
+        let key = set.key(alg);
         let mut header = Header::new(key.alg);
         header.kid = Some(key.kid.clone());
         header.typ = Some(typ.to_string());
@@ -70,7 +103,8 @@ impl Keys {
     /// Logout accepts expired hints, since logging out usually happens after the token expired.
     pub(crate) fn verify_own(&self, token: &str, issuer: &str) -> Option<Map<String, Value>> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        let key = [&self.rsa, &self.ec].into_iter().find(|k| Some(&k.kid) == header.kid.as_ref() && k.alg == header.alg)?;
+        let set = self.set();
+        let key = [&set.rsa, &set.ec].into_iter().find(|k| Some(&k.kid) == header.kid.as_ref() && k.alg == header.alg)?;
         let mut validation = Validation::new(key.alg);
         validation.set_issuer(&[issuer]);
         validation.validate_exp = false;
@@ -78,7 +112,9 @@ impl Keys {
         validation.set_required_spec_claims(&["iss", "aud", "sub"]);
         jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation).ok().map(|t| t.claims)
     }
+}
 
+impl KeySet {
     fn key(&self, alg: SigningAlg) -> &SigningKey {
         match alg {
             SigningAlg::RS256 => &self.rsa,
@@ -149,6 +185,22 @@ mod tests {
             assert_eq!(verified["sub"], "u");
             assert!(keys.verify_own(&jwt, "http://other").is_none(), "wrong issuer accepted");
         }
+    }
+
+    #[test]
+    fn rotation_signs_with_new_kids_and_keeps_the_old_ones_published() {
+        let keys = Keys::generate().unwrap();
+        let claims: Map<String, Value> = serde_json::from_value(serde_json::json!({"iss": "http://op", "aud": "c", "sub": "u"})).unwrap();
+        let kid = |jwt: &str| jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+        let before = kid(&keys.sign(SigningAlg::RS256, "JWT", &claims));
+        keys.rotate().unwrap();
+        let after_jwt = keys.sign(SigningAlg::RS256, "JWT", &claims);
+        let after = kid(&after_jwt);
+        assert_ne!(before, after);
+        let published: Vec<_> = keys.jwks().keys.into_iter().filter_map(|k| k.common.key_id).collect();
+        assert_eq!(published.len(), 4);
+        assert!(published.contains(&before) && published.contains(&after), "{published:?}");
+        assert!(keys.verify_own(&after_jwt, "http://op").is_some());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `POST /control` changes any subset. They apply to the next request; tokens already issued
 //! keep their lifetimes.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{Json, body::Bytes, extract::State, http::StatusCode, response::IntoResponse};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,12 @@ pub(crate) struct Knobs {
     /// Which key signs ID tokens. Only changeable here: relying parties under test can check
     /// that they follow the JWKS rather than assume RS256.
     pub(crate) id_token_alg: SigningAlg,
+    /// Added to the `iat` of ID tokens (negative: in the past), as an OP whose clock runs ahead
+    /// of the relying party's would: tests of a relying party's clock-skew handling.
+    pub(crate) id_token_iat_offset_secs: i64,
+    /// Groups per username replacing the configured ones from the next token on: a user
+    /// added to or removed from a group at the OP while logged in.
+    pub(crate) user_groups: BTreeMap<String, Vec<String>>,
 }
 
 impl Knobs {
@@ -30,6 +36,8 @@ impl Knobs {
             token_latency: config.token_latency,
             failures: config.failures,
             id_token_alg: SigningAlg::default(),
+            id_token_iat_offset_secs: 0,
+            user_groups: BTreeMap::new(),
         }
     }
 
@@ -41,6 +49,8 @@ impl Knobs {
             token_latency_ms: self.token_latency.as_millis() as u64,
             failures: self.failures,
             id_token_alg: self.id_token_alg,
+            id_token_iat_offset_secs: self.id_token_iat_offset_secs,
+            user_groups: self.user_groups.clone(),
         }
     }
 
@@ -73,6 +83,12 @@ impl Knobs {
         if let Some(alg) = change.id_token_alg {
             next.id_token_alg = alg;
         }
+        if let Some(offset) = change.id_token_iat_offset_secs {
+            next.id_token_iat_offset_secs = offset;
+        }
+        if let Some(groups) = change.user_groups {
+            next.user_groups.extend(groups);
+        }
         *self = next;
         Ok(())
     }
@@ -87,6 +103,8 @@ struct KnobsView {
     token_latency_ms: u64,
     failures: FailureRates,
     id_token_alg: SigningAlg,
+    id_token_iat_offset_secs: i64,
+    user_groups: BTreeMap<String, Vec<String>>,
 }
 
 /// A `POST /control` body: any subset of the knobs. Unknown members are refused, so a typo
@@ -100,6 +118,11 @@ struct KnobsChange {
     token_latency_ms: Option<u64>,
     failures: Option<FailuresChange>,
     id_token_alg: Option<SigningAlg>,
+    id_token_iat_offset_secs: Option<i64>,
+    user_groups: Option<BTreeMap<String, Vec<String>>>,
+    /// An action, not a setting: `true` replaces the signing keys (new `kid`s) at once.
+    #[serde(default)]
+    rotate_signing_keys: bool,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +142,15 @@ pub(crate) async fn post(State(op): State<Arc<Provider>>, body: Bytes) -> axum::
         Ok(change) => change,
         Err(e) => return bad_request(format!("not a control document: {e}")),
     };
+    if change.rotate_signing_keys {
+        // Key generation is a moment of CPU; keep it off the async workers.
+        let provider = op.clone();
+        match tokio::task::spawn_blocking(move || provider.keys.rotate()).await {
+            Ok(Ok(())) => tracing::info!("dev OP signing keys rotated"),
+            Ok(Err(e)) => return bad_request(e.to_string()),
+            Err(e) => return bad_request(e.to_string()),
+        }
+    }
     let view = {
         let mut knobs = op.knobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(e) = knobs.apply(change) {

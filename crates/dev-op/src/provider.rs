@@ -73,7 +73,8 @@ impl Provider {
             claims.insert("name".into(), user.name.clone().into());
             claims.insert("email".into(), user.email.clone().into());
             claims.insert("email_verified".into(), true.into());
-            claims.insert("groups".into(), json!(user.groups));
+            let groups = self.knobs().user_groups.get(username).cloned().unwrap_or_else(|| user.groups.clone());
+            claims.insert("groups".into(), json!(groups));
         }
         claims
     }
@@ -85,7 +86,7 @@ impl Provider {
         let mut claims = self.user_claims(&grant.username);
         claims.insert("iss".into(), self.issuer.clone().into());
         claims.insert("aud".into(), grant.client_id.clone().into());
-        claims.insert("iat".into(), now.into());
+        claims.insert("iat".into(), now.saturating_add_signed(knobs.id_token_iat_offset_secs).into());
         claims.insert("exp".into(), (now + knobs.access_token_ttl.as_secs().max(1)).into());
         claims.insert("auth_time".into(), grant.auth_time.into());
         claims.insert("sid".into(), grant.sid.clone().into());

@@ -13,6 +13,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 use url::Url;
 
+/// The refresh call's bound on waiting for the OP.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn client(op: &portcullis_dev_op::DevOp, auth_method: &str) -> OidcClient {
     let config: OidcConfig = serde_json::from_value(json!({
         // As a gateway config would name it: `http://127.0.0.1:PORT`, no trailing slash.
@@ -51,19 +54,21 @@ async fn the_portcullis_client_logs_in_refreshes_and_logs_out() {
         assert!(tokens.expires_at.is_some() && tokens.refresh_token.is_some());
 
         // Refresh with rotation: a new refresh token; the old one is now a reuse.
-        let refreshed = oidc.refresh(&tokens, "demo").await.expect("refresh");
+        let refreshed = oidc.refresh(&tokens, "demo", WAIT).await.expect("refresh");
+        assert_eq!(refreshed.identity.as_ref().map(|i| i.groups.clone()), Some(vec!["demo".to_string()]), "claims follow the refresh");
+        let refreshed = refreshed.tokens;
         assert_ne!(refreshed.refresh_token, tokens.refresh_token);
-        assert!(matches!(oidc.refresh(&tokens, "demo").await, Err(TokenError::InvalidGrant)));
+        assert!(matches!(oidc.refresh(&tokens, "demo", WAIT).await, Err(TokenError::InvalidGrant)));
 
         // Revocation and the end-session URL.
-        let fresh = oidc.refresh(&refreshed, "demo").await;
+        let fresh = oidc.refresh(&refreshed, "demo", WAIT).await;
         assert!(matches!(fresh, Err(TokenError::InvalidGrant)), "reuse detection revoked the family");
         let (verifier, challenge) = pkce();
         let again = browser.get(oidc.authorization_url("s2", "n2", &challenge).as_str()).send().await.unwrap();
         let (_, params) = location_params(&again);
         let (tokens, _) = oidc.exchange_code(param(&params, "code").unwrap(), &verifier, "n2").await.expect("SSO code exchange");
         oidc.revoke_refresh_token(tokens.refresh_token.as_deref().unwrap()).await.expect("revocation");
-        assert!(matches!(oidc.refresh(&tokens, "demo").await, Err(TokenError::InvalidGrant)));
+        assert!(matches!(oidc.refresh(&tokens, "demo", WAIT).await, Err(TokenError::InvalidGrant)));
 
         let end = oidc.end_session_url(tokens.id_token.as_deref()).expect("an end_session_endpoint");
         let response = browser.get(end.as_str()).send().await.unwrap();

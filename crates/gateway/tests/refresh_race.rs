@@ -252,7 +252,9 @@ async fn op_unreachable_then_back() {
 /// OP): the retry succeeds and the session lives on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_outcome_not_consumed_retries_once_after_settling() {
-    let env = [("PORTCULLIS_OIDC__HTTP_TIMEOUT", "1s"), ("PORTCULLIS_REFRESH__SETTLE_AFTER_UNKNOWN", "3s")];
+    // The refresh task gives up on the OP's answer after 1 s (`op_answer_timeout`): a
+    // connection that really died, as far as the gateway can tell.
+    let env = [("PORTCULLIS_REFRESH__OP_ANSWER_TIMEOUT", "1s"), ("PORTCULLIS_REFRESH__SETTLE_AFTER_UNKNOWN", "3s")];
     let c = Cluster::start(2, OpOptions { access_token_ttl: 2, ..OpOptions::default() }, &env).await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     c.op.configure(serde_json::json!({ "token_fail": "timeout" })).await;
@@ -273,7 +275,9 @@ async fn unknown_outcome_not_consumed_retries_once_after_settling() {
 /// and rotated the token: the single retry gets `invalid_grant` and the session ends cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_outcome_consumed_ends_session_cleanly() {
-    let env = [("PORTCULLIS_OIDC__HTTP_TIMEOUT", "1s"), ("PORTCULLIS_REFRESH__SETTLE_AFTER_UNKNOWN", "3s")];
+    // The refresh task gives up on the OP's answer after 1 s (`op_answer_timeout`): a
+    // connection that really died, as far as the gateway can tell.
+    let env = [("PORTCULLIS_REFRESH__OP_ANSWER_TIMEOUT", "1s"), ("PORTCULLIS_REFRESH__SETTLE_AFTER_UNKNOWN", "3s")];
     let c = Cluster::start(2, OpOptions { access_token_ttl: 2, ..OpOptions::default() }, &env).await;
     tokio::time::sleep(Duration::from_millis(2300)).await;
     c.op.configure(serde_json::json!({ "token_delay_ms": 2000 })).await;

@@ -240,6 +240,12 @@ pub struct RefreshConfig {
     /// refresh token).
     #[serde(default = "default_grace_period", with = "humantime_serde")]
     pub grace_period: Duration,
+    /// How long a refresh task waits for the OP's answer to its `refresh_token` grant. Much
+    /// longer than `max_wait` (requests are answered 503 at `max_wait`, the task keeps its
+    /// connection and its lease): once sent, that answer may be the only copy of a rotated
+    /// refresh token. A call that outlives this counts as an outcome unknown.
+    #[serde(default = "default_op_answer_timeout", with = "humantime_serde")]
+    pub op_answer_timeout: Duration,
 }
 
 impl Default for RefreshConfig {
@@ -252,6 +258,7 @@ impl Default for RefreshConfig {
             poll_interval: default_poll_interval(),
             settle_after_unknown: None,
             grace_period: default_grace_period(),
+            op_answer_timeout: default_op_answer_timeout(),
         }
     }
 }
@@ -354,6 +361,9 @@ fn default_max_wait() -> Duration {
 }
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(5)
+}
+fn default_op_answer_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 fn default_grace_period() -> Duration {
     Duration::from_secs(60)

@@ -115,6 +115,24 @@ impl Op {
         if reachable { forwarder.up().await } else { forwarder.down() }
     }
 
+    /// Freezes the OP process (SIGSTOP): connections are still accepted by the kernel and
+    /// requests queue in its sockets, but nothing is answered until [`Op::thaw`]. Calls to the
+    /// OP's own test endpoints hang meanwhile: don't.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen OP (SIGCONT): it works through the queued requests.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self._child.id().expect("the OP is running");
+        let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port

@@ -105,6 +105,7 @@ impl Authenticator {
                     lease_ttl: config.refresh.lease_ttl,
                     poll_interval: config.refresh.poll_interval,
                     settle_after_unknown: config.refresh.settle_after_unknown.unwrap_or(config.oidc.http_timeout),
+                    op_answer_timeout: config.refresh.op_answer_timeout,
                 },
                 stats.clone(),
             ),

@@ -14,12 +14,21 @@
 //!   expired is refused, never refreshed: presenting its refresh token to a rotating OP would
 //!   trip reuse detection and revoke the live session too.
 //!
+//! The refresh itself runs in a spawned task, so a client that drops the request leading it
+//! (navigation away, `fetch` aborted, HTTP/2 reset) does not cancel it: the task finishes,
+//! leaves its handoff, and the next request gets the new cookie. Its registration is removed
+//! on every way out of the task, a panic included. Finding the handoff, checking the latest
+//! version and joining or registering the flight happen under one lock, and the task leaves
+//! its handoff and unregisters under one lock: no request can fall between the two and present
+//! the consumed refresh token again.
+//!
 //! **Limit:** all of this state is in this process. Behind a load balancer, a superseded
 //! cookie that reaches another instance is refused there (it never replays the token). Use the
 //! Redis store for more than one instance.
 
 use std::{
     collections::HashMap,
+    ops::Deref,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -27,10 +36,10 @@ use std::{
 use http::{HeaderMap, HeaderValue};
 use tokio::sync::watch;
 
-use super::{CookieSettings, ProviderHandle, RefreshError, Session, stats::RefreshStats};
+use super::{CookieSettings, ProviderHandle, RefreshError, Session, refresh::Registration, stats::RefreshStats};
 use crate::{
     config::Config,
-    oidc::TokenError,
+    oidc::{Refreshed, TokenError},
     session::{
         CookiePayload, CookieSealer, Freshness, Lifetimes, MAX_CHUNKS, SessionId, SessionKey, SessionRecord, UnixMillis, chunk_name,
         chunks_present, join_chunks, now_millis, split_chunks,
@@ -44,7 +53,8 @@ struct Handoff {
     until: UnixMillis,
 }
 
-type Flight = watch::Receiver<Option<Result<Arc<Handoff>, RefreshError>>>;
+type Outcome = Result<Arc<Handoff>, RefreshError>;
+type Flight = watch::Receiver<Option<Outcome>>;
 
 /// Version marking a session that ended: every cookie of it is refused.
 const ENDED: u64 = u64::MAX;
@@ -60,8 +70,10 @@ struct State {
     flights: HashMap<SessionKey, Flight>,
 }
 
-/// The cookie store.
-pub(crate) struct CookieSessions {
+/// The cookie store. Cheap to share: the refresh tasks hold the same [`Inner`].
+pub(crate) struct CookieSessions(Arc<Inner>);
+
+pub(crate) struct Inner {
     sealer: CookieSealer,
     cookies: CookieSettings,
     provider: ProviderHandle,
@@ -72,15 +84,30 @@ pub(crate) struct CookieSessions {
     max_wait: Duration,
     grace: Duration,
     settle: Duration,
+    op_answer_timeout: Duration,
     // A std Mutex: held for map lookups and inserts only, never across an await.
-    state: Arc<Mutex<State>>,
+    state: Mutex<State>,
+}
+
+impl Deref for CookieSessions {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// What the request's critical section decided.
+enum Next {
+    Serve(Session),
+    Refused,
+    Wait { flight: Flight, joined: bool, freshness: Freshness, session: Session },
 }
 
 impl CookieSessions {
     pub(crate) fn new(config: &Config, cookies: CookieSettings, provider: ProviderHandle, stats: Arc<RefreshStats>) -> Self {
         let current = config.session.secret.as_deref().unwrap_or_default().as_bytes();
         let secrets = std::iter::once(current).chain(config.session.previous_secrets.iter().map(|s| s.as_bytes()));
-        Self {
+        Self(Arc::new(Inner {
             sealer: CookieSealer::new(secrets),
             cookies,
             provider,
@@ -91,10 +118,97 @@ impl CookieSessions {
             max_wait: config.refresh.max_wait,
             grace: config.refresh.grace_period,
             settle: config.refresh.settle_after_unknown.unwrap_or(config.oidc.http_timeout),
-            state: Arc::default(),
+            op_answer_timeout: config.refresh.op_answer_timeout,
+            state: Mutex::default(),
+        }))
+    }
+
+    /// The request's session, refreshed (and re-sealed) when due.
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Session>, RefreshError> {
+        let Some(payload) = self.read(headers) else { return Ok(None) };
+        let stale_chunks = chunks_present(headers, &self.cookies.session_name);
+        let (flight, joined, freshness, session) = match self.decide(payload, stale_chunks) {
+            Next::Serve(session) => return Ok(Some(session)),
+            Next::Refused => return Ok(None),
+            Next::Wait { flight, joined, freshness, session } => (flight, joined, freshness, session),
+        };
+        if joined {
+            self.stats.waited_locally();
+        }
+        let mut flight = flight;
+        let outcome = match tokio::time::timeout(self.max_wait, flight.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
+            Ok(Err(_)) => Err(RefreshError::Aborted),
+            Err(_) => Err(RefreshError::TimedOut(self.max_wait)),
+        };
+        match outcome {
+            Ok(handoff) => Ok(Some(Session { key: session.key, record: handoff.record.clone(), set_cookies: handoff.set_cookies.clone() })),
+            Err(RefreshError::SessionEnded) => Ok(None),
+            Err(e) if freshness == Freshness::DueSoon => {
+                tracing::warn!(session = %session.key, error = %e, "refresh failed; forwarding the still-valid token");
+                Ok(Some(session))
+            }
+            Err(e) => Err(e),
         }
     }
 
+    /// One critical section: follow the handoffs, refuse a superseded cookie, and join or
+    /// start the refresh. Nothing can change between "no handoff, no flight" and registering
+    /// ours (the check-then-register race would present the consumed token twice).
+    fn decide(&self, payload: CookiePayload, stale_chunks: usize) -> Next {
+        let key = payload.key.clone();
+        let now = now_millis();
+        let (mut record, mut set_cookies) = (Arc::new(payload.record), Vec::new());
+        let mut state = self.lock();
+        // Follow the handoffs from the cookie's version to the newest one.
+        while let Some(handoff) = state.handoffs.get(&(key.clone(), record.version)).filter(|h| h.until > now) {
+            record = handoff.record.clone();
+            set_cookies = handoff.set_cookies.clone();
+        }
+        if let Some((latest, _)) = state.latest.get(&key)
+            && *latest > record.version
+        {
+            tracing::info!(session = %key, "superseded session cookie presented after the grace period; refused");
+            return Next::Refused;
+        }
+        let freshness = record.tokens.freshness(now, self.leeway_fraction, self.leeway_max);
+        let session = Session { key: key.clone(), record: record.clone(), set_cookies };
+        if freshness == Freshness::Fresh {
+            return Next::Serve(session);
+        }
+        if record.tokens.refresh_token.is_none() {
+            return if freshness == Freshness::DueSoon { Next::Serve(session) } else { Next::Refused };
+        }
+        // Due soon or expired: the request waits for the refresh (up to max_wait), so the new
+        // cookie rides on its response (a background refresh would have no response to carry it).
+        if let Some(flight) = state.flights.get(&key) {
+            return Next::Wait { flight: flight.clone(), joined: true, freshness, session };
+        }
+        let (tx, rx) = watch::channel(None);
+        state.flights.insert(key.clone(), rx.clone());
+        let inner = self.0.clone();
+        let registration = Registration::new({
+            let (inner, key, flight) = (self.0.clone(), key.clone(), rx.clone());
+            move || {
+                let mut state = inner.lock();
+                if state.flights.get(&key).is_some_and(|f| f.same_channel(&flight)) {
+                    state.flights.remove(&key);
+                }
+            }
+        });
+        // Spawned, not awaited in this request: a client going away must not cancel the
+        // refresh (its answer holds the only copy of the rotated refresh token).
+        tokio::spawn(async move {
+            let registration = registration;
+            let outcome = inner.run_refresh(&key, &record, stale_chunks).await;
+            drop(registration);
+            let _ = tx.send(Some(outcome));
+        });
+        Next::Wait { flight: rx, joined: false, freshness, session }
+    }
+}
+
+impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -113,7 +227,7 @@ impl CookieSessions {
     pub(crate) fn issue(&self, record: SessionRecord, headers: &HeaderMap) -> Option<Vec<HeaderValue>> {
         let key = SessionId::generate().key();
         let payload = CookiePayload { key: key.clone(), version: 1, record };
-        let set_cookies = self.seal(&payload, headers)?;
+        let set_cookies = self.seal(&payload, chunks_present(headers, &self.cookies.session_name))?;
         self.lock().latest.insert(key, (1, payload.record.created_at + self.lifetimes.absolute.as_millis() as u64));
         Some(set_cookies)
     }
@@ -127,13 +241,14 @@ impl CookieSessions {
             .collect()
     }
 
-    fn seal(&self, payload: &CookiePayload, headers: &HeaderMap) -> Option<Vec<HeaderValue>> {
+    /// The session's cookies; chunks beyond the new count that the browser holds (`stale`) are
+    /// cleared.
+    fn seal(&self, payload: &CookiePayload, stale: usize) -> Option<Vec<HeaderValue>> {
         let chunks = split_chunks(&self.cookies.session_name, &self.sealer.seal(payload));
         if chunks.len() > MAX_CHUNKS {
             tracing::warn!(chunks = chunks.len(), "session too large for cookies; use the redis store");
             return None;
         }
-        let stale = chunks_present(headers, &self.cookies.session_name);
         let mut out: Vec<HeaderValue> = chunks.into_iter().map(|(name, value)| self.cookies.session_named(&name, value)).collect();
         for i in out.len()..stale {
             out.push(self.cookies.clear_named(&chunk_name(&self.cookies.session_name, i)));
@@ -141,78 +256,13 @@ impl CookieSessions {
         Some(out)
     }
 
-    /// The request's session, refreshed (and re-sealed) when due.
-    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Session>, RefreshError> {
-        let Some(payload) = self.read(headers) else { return Ok(None) };
-        let key = payload.key.clone();
-        let now = now_millis();
-        let (mut record, mut set_cookies) = (Arc::new(payload.record), Vec::new());
-        {
-            let state = self.lock();
-            // Follow the handoffs from the cookie's version to the newest one.
-            while let Some(handoff) = state.handoffs.get(&(key.clone(), record.version)).filter(|h| h.until > now) {
-                record = handoff.record.clone();
-                set_cookies = handoff.set_cookies.clone();
-            }
-            if let Some((latest, _)) = state.latest.get(&key)
-                && *latest > record.version
-            {
-                tracing::info!(session = %key, "superseded session cookie presented after the grace period; refused");
-                return Ok(None);
-            }
-        }
-        let freshness = record.tokens.freshness(now, self.leeway_fraction, self.leeway_max);
-        if freshness == Freshness::Fresh {
-            return Ok(Some(Session { key, record, set_cookies }));
-        }
-        if record.tokens.refresh_token.is_none() {
-            return Ok((freshness == Freshness::DueSoon).then(|| Session { key, record, set_cookies }));
-        }
-        // Due soon or expired: refresh inside this request, so the new cookie rides on its
-        // response (a background refresh would have no response to carry it).
-        match self.refresh(&key, record.clone(), headers).await {
-            Ok(handoff) => Ok(Some(Session { key, record: handoff.record.clone(), set_cookies: handoff.set_cookies.clone() })),
-            Err(RefreshError::SessionEnded) => Ok(None),
-            Err(e) if freshness == Freshness::DueSoon => {
-                tracing::warn!(session = %key, error = %e, "refresh failed; forwarding the still-valid token");
-                Ok(Some(Session { key, record, set_cookies }))
-            }
-            Err(e) => Err(e),
-        }
+    fn end_session(&self, key: &SessionKey) -> Outcome {
+        self.lock().latest.insert(key.clone(), (ENDED, now_millis() + self.lifetimes.absolute.as_millis() as u64));
+        self.stats.session_ended();
+        Err(RefreshError::SessionEnded)
     }
 
-    async fn refresh(&self, key: &SessionKey, record: Arc<SessionRecord>, headers: &HeaderMap) -> Result<Arc<Handoff>, RefreshError> {
-        // Join the flight in progress, or register ours; the lock is released before awaiting.
-        let joined = {
-            let mut state = self.lock();
-            match state.flights.get(key) {
-                Some(flight) => Ok(flight.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    state.flights.insert(key.clone(), rx);
-                    Err(tx)
-                }
-            }
-        };
-        let mut flight = match joined {
-            Ok(flight) => {
-                self.stats.waited_locally();
-                flight
-            }
-            Err(tx) => {
-                let outcome = self.run_refresh(key, &record, headers).await;
-                self.lock().flights.remove(key);
-                let _ = tx.send(Some(outcome.clone()));
-                return outcome;
-            }
-        };
-        match tokio::time::timeout(self.max_wait, flight.wait_for(Option::is_some)).await {
-            Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
-            Ok(Err(_)) | Err(_) => Err(RefreshError::TimedOut(self.max_wait)),
-        }
-    }
-
-    async fn run_refresh(&self, key: &SessionKey, record: &SessionRecord, headers: &HeaderMap) -> Result<Arc<Handoff>, RefreshError> {
+    async fn run_refresh(&self, key: &SessionKey, record: &SessionRecord, stale_chunks: usize) -> Outcome {
         let slot = (key.clone(), record.version);
         if let Some(at) = self.lock().unsettled.get(&slot).copied() {
             let settles_at = at + self.settle.as_millis() as u64;
@@ -222,15 +272,17 @@ impl CookieSessions {
         }
         let client = self.provider.get().ok_or(RefreshError::ProviderNotReady)?.clone();
         self.stats.grant_started();
-        let result = client.refresh(&record.tokens, &record.identity.subject).await;
+        let result = client.refresh(&record.tokens, &record.identity.subject, self.op_answer_timeout).await;
         self.stats.grant_finished(result.as_ref().map(|_| ()));
-        let tokens = match result {
-            Ok(tokens) => tokens,
+        let Refreshed { tokens, identity } = match result {
+            Ok(refreshed) => refreshed,
             Err(TokenError::InvalidGrant) => {
-                self.lock().latest.insert(key.clone(), (ENDED, now_millis() + self.lifetimes.absolute.as_millis() as u64));
-                self.stats.session_ended();
                 tracing::info!(session = %key, "refresh token rejected by the OP (invalid_grant): session ended");
-                return Err(RefreshError::SessionEnded);
+                return self.end_session(key);
+            }
+            Err(TokenError::SubjectChanged) => {
+                tracing::warn!(session = %key, "the OP refreshed the session for another subject; session ended");
+                return self.end_session(key);
             }
             Err(e @ TokenError::OutcomeUnknown(_)) => {
                 self.lock().unsettled.insert(slot, now_millis());
@@ -241,8 +293,16 @@ impl CookieSessions {
         let mut next = record.clone();
         next.version = record.version + 1;
         next.tokens = tokens;
+        match identity {
+            Some(identity) => next.identity = identity,
+            None => self.stats.identity_kept(),
+        }
+        next.unsettled_refresh = None;
         let payload = CookiePayload { key: key.clone(), version: next.version, record: next };
-        let set_cookies = self.seal(&payload, headers).ok_or(RefreshError::SessionEnded)?;
+        let Some(set_cookies) = self.seal(&payload, stale_chunks) else {
+            // The consumed refresh token cannot be replaced in a cookie: never present it again.
+            return self.end_session(key);
+        };
         let now = now_millis();
         let handoff = Arc::new(Handoff { record: Arc::new(payload.record), set_cookies, until: now + self.grace.as_millis() as u64 });
         let mut state = self.lock();
@@ -252,6 +312,9 @@ impl CookieSessions {
         state.handoffs.insert(slot, handoff.clone());
         let forget_at = record.created_at + self.lifetimes.absolute.as_millis() as u64;
         state.latest.insert(key.clone(), (payload.version, forget_at));
+        // Unregister in the same critical section that published the handoff: a request
+        // arriving from now on follows the handoff; one that came before joined this flight.
+        state.flights.remove(key);
         tracing::debug!(session = %key, version = payload.version, "tokens refreshed (cookie store)");
         Ok(handoff)
     }

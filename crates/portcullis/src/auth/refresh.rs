@@ -14,6 +14,12 @@
 //!    token is dead: the session is deleted (and waiters notified).
 //! 7. A transient failure keeps the session; a request whose token is still valid is served
 //!    with it, one whose token expired gets a 503.
+//!
+//! Two waits, deliberately different: a request waits at most `refresh.max_wait` (then 503,
+//! session kept); the task waits for the OP's answer up to `refresh.op_answer_timeout`, its
+//! lease renewed all along, because once sent that answer may be the only copy of a rotated
+//! refresh token. And a 2xx is never thrown away: its tokens are written (the CAS retried on a
+//! store error), or the token is recorded as possibly consumed.
 
 use std::{
     collections::HashMap,
@@ -26,7 +32,7 @@ use tokio::{sync::watch, time::Instant};
 use super::{provider::ProviderHandle, stats::RefreshStats};
 use crate::{
     crypto,
-    oidc::TokenError,
+    oidc::{Refreshed, TokenError},
     session::{CasOutcome, SessionKey, SessionRecord, SessionStore, StoreError, UnsettledRefresh, now_millis},
 };
 
@@ -52,6 +58,9 @@ pub enum RefreshError {
     /// The refresh took longer than the configured maximum wait.
     #[error("the token refresh took longer than {0:?}")]
     TimedOut(Duration),
+    /// The refresh task ended without an answer (it panicked); the next request starts anew.
+    #[error("the token refresh stopped without an answer")]
+    Aborted,
 }
 
 /// Timing of the refresh protocol (from `[refresh]` in the config).
@@ -61,6 +70,8 @@ pub(crate) struct Timing {
     pub(crate) lease_ttl: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) settle_after_unknown: Duration,
+    /// The refresh task's wait for the OP's answer (`refresh.op_answer_timeout`).
+    pub(crate) op_answer_timeout: Duration,
 }
 
 type Outcome = Result<Arc<SessionRecord>, RefreshError>;
@@ -94,8 +105,9 @@ impl Refresher {
         }
         match tokio::time::timeout(self.timing.max_wait, flight.wait_for(Option::is_some)).await {
             Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
-            // The sender lives in the spawned task, which always sends before it ends.
-            Ok(Err(_)) | Err(_) => Err(RefreshError::TimedOut(self.timing.max_wait)),
+            // The sender was dropped unsent: the task panicked (its registration is gone too).
+            Ok(Err(_)) => Err(RefreshError::Aborted),
+            Err(_) => Err(RefreshError::TimedOut(self.timing.max_wait)),
         }
     }
 
@@ -119,10 +131,15 @@ impl Refresher {
             timing: self.timing,
             key: key.clone(),
         };
-        let registry = self.in_flight.clone();
+        let registration = Registration::new({
+            let (registry, key, flight) = (self.in_flight.clone(), key.clone(), rx.clone());
+            move || unregister(&registry, &key, &flight)
+        });
         tokio::spawn(async move {
+            // Dropped however this task ends, a panic included: a flight left registered would
+            // hand every later request of the session a dead channel until a restart.
+            let registration = registration;
             let outcome = task.run(seen).await;
-            let unregister = || registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&task.key);
             match outcome {
                 Err(e) if !matches!(e, RefreshError::SessionEnded) => {
                     tracing::warn!(session = %task.key, error = %e, "token refresh failed; session kept");
@@ -131,13 +148,13 @@ impl Refresher {
                     // an OP that just failed (a flood during an outage, a herd at recovery).
                     let _ = tx.send(Some(Err(e)));
                     tokio::time::sleep(RETRY_BACKOFF).await;
-                    unregister();
+                    drop(registration);
                 }
                 outcome => {
                     // Unregister before publishing: a request arriving after this point loads
                     // the session anew (and sees the new version) instead of joining a
                     // finished flight.
-                    unregister();
+                    drop(registration);
                     let _ = tx.send(Some(outcome));
                 }
             }
@@ -145,6 +162,39 @@ impl Refresher {
         (rx, false)
     }
 }
+
+/// Removes `key`'s flight from `registry` if it is still `flight` (a newer one is left alone).
+fn unregister(registry: &Mutex<HashMap<SessionKey, Flight>>, key: &SessionKey, flight: &Flight) {
+    let mut flights = registry.lock().unwrap_or_else(|e| e.into_inner());
+    if flights.get(key).is_some_and(|f| f.same_channel(flight)) {
+        flights.remove(key);
+    }
+}
+
+/// Runs its closure once when dropped: how a flight is unregistered on every path out of its
+/// task, unwinding from a panic included. Shared with the cookie store's coordinator.
+pub(crate) struct Registration(Option<Box<dyn FnOnce() + Send>>);
+
+impl Registration {
+    pub(crate) fn new(on_drop: impl FnOnce() + Send + 'static) -> Self {
+        Self(Some(Box::new(on_drop)))
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// Delays between attempts of the final compare-and-set after a store error. The OP has
+/// answered and consumed the old refresh token: the new one exists only in this task until it
+/// is written, so a store hiccup must not drop it. About 1.5 s in all, inside the lease (the
+/// watchdog keeps renewing it meanwhile).
+const CAS_RETRY_DELAYS: [Duration; 4] =
+    [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(500), Duration::from_millis(800)];
 
 /// One refresh of one session, run by the process-local leader.
 struct RefreshTask {
@@ -227,21 +277,55 @@ impl RefreshTask {
         }
         let client = self.provider.get().ok_or(RefreshError::ProviderNotReady)?.clone();
         self.stats.grant_started();
-        let result = client.refresh(&current.tokens, &current.identity.subject).await;
+        let result = client.refresh(&current.tokens, &current.identity.subject, self.timing.op_answer_timeout).await;
         self.stats.grant_finished(result.as_ref().map(|_| ()));
         match result {
-            Ok(tokens) => {
+            Ok(Refreshed { tokens, identity }) => {
                 let mut next = (*current).clone();
                 next.tokens = tokens;
+                match identity {
+                    // Claims follow the refresh (email, groups, name as the OP now says).
+                    Some(identity) => next.identity = identity,
+                    None => self.stats.identity_kept(),
+                }
                 next.unsettled_refresh = None;
-                self.write(current.version, next).await
+                self.write_answer(&current, refresh_token, next).await
             }
             Err(TokenError::InvalidGrant) => self.end_unless_superseded(current.version).await,
+            Err(TokenError::SubjectChanged) => {
+                tracing::warn!(session = %self.key, "the OP refreshed the session for another subject; session ended");
+                self.end(current.version).await
+            }
             Err(e @ TokenError::OutcomeUnknown(_)) => {
                 self.mark_unsettled(&current, refresh_token).await;
                 Err(e.into())
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the tokens of a 2xx answer. A store error is retried with the same expected
+    /// version (a retry of a write that did land meets `Conflict` and reads it back); when the
+    /// store stays down, the presented token is recorded as possibly consumed, as for an
+    /// unknown outcome, so nobody re-presents it before the settle time.
+    async fn write_answer(&self, current: &SessionRecord, presented: &str, next: SessionRecord) -> Outcome {
+        let mut delays = CAS_RETRY_DELAYS.iter();
+        loop {
+            match self.write(current.version, next.clone()).await {
+                Err(RefreshError::Store(e)) => match delays.next() {
+                    Some(delay) => {
+                        self.stats.cas_retried();
+                        tracing::warn!(session = %self.key, error = %e, retry_in = ?delay, "could not write the refreshed tokens; retrying");
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => {
+                        tracing::error!(session = %self.key, error = %e, "could not write the refreshed tokens; the refresh token is recorded as possibly consumed");
+                        self.mark_unsettled(current, presented).await;
+                        return Err(RefreshError::Store(e));
+                    }
+                },
+                outcome => return outcome,
+            }
         }
     }
 
@@ -273,9 +357,14 @@ impl RefreshTask {
             self.stats.reused_newer_version();
             return Ok(latest);
         }
+        tracing::info!(session = %self.key, "refresh token rejected by the OP (invalid_grant): session ended");
+        self.end(based_on).await
+    }
+
+    /// Deletes the session: its refresh token is definitively dead.
+    async fn end(&self, _based_on: u64) -> Outcome {
         self.store.delete(&self.key).await?;
         self.stats.session_ended();
-        tracing::info!(session = %self.key, "refresh token rejected by the OP (invalid_grant): session ended");
         Err(RefreshError::SessionEnded)
     }
 
@@ -321,3 +410,7 @@ impl Drop for Watchdog {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+#[path = "refresh_tests.rs"]
+mod tests;

@@ -18,6 +18,8 @@ pub struct RefreshStats {
     cas_conflicts: AtomicU64,
     sessions_ended: AtomicU64,
     reused_newer_version: AtomicU64,
+    identity_kept: AtomicU64,
+    cas_retries: AtomicU64,
 }
 
 /// A point-in-time copy of [`RefreshStats`].
@@ -45,6 +47,11 @@ pub struct RefreshSnapshot {
     pub sessions_ended: u64,
     /// Refreshes that found a newer session version and used it instead of calling the OP.
     pub reused_newer_version: u64,
+    /// Refreshes answered 2xx whose ID token was missing or did not verify: the new tokens were
+    /// kept with the previous identity.
+    pub identity_kept: u64,
+    /// Retries of the final compare-and-set after a store error.
+    pub cas_retries: u64,
 }
 
 impl RefreshStats {
@@ -75,6 +82,12 @@ impl RefreshStats {
     pub(crate) fn session_ended(&self) {
         self.sessions_ended.fetch_add(1, Relaxed);
     }
+    pub(crate) fn identity_kept(&self) {
+        self.identity_kept.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn cas_retried(&self) {
+        self.cas_retries.fetch_add(1, Relaxed);
+    }
     pub(crate) fn reused_newer_version(&self) {
         self.reused_newer_version.fetch_add(1, Relaxed);
     }
@@ -93,6 +106,8 @@ impl RefreshStats {
             cas_conflicts: self.cas_conflicts.load(Relaxed),
             sessions_ended: self.sessions_ended.load(Relaxed),
             reused_newer_version: self.reused_newer_version.load(Relaxed),
+            identity_kept: self.identity_kept.load(Relaxed),
+            cas_retries: self.cas_retries.load(Relaxed),
         }
     }
 }

@@ -109,22 +109,43 @@ impl OidcClient {
         Ok((tokens_from(response, issued_at, None), identity))
     }
 
-    /// Redeems a refresh token. A new ID token, when the OP sends one, is validated and must be
-    /// about the same subject. Fields the OP leaves out (refresh token, ID token) carry over.
-    pub async fn refresh(&self, current: &TokenSet, subject: &str) -> Result<TokenSet, TokenError> {
+    /// Redeems a refresh token. Once the OP answered 2xx the presented refresh token is
+    /// consumed, so whatever can be kept is kept: the new access and refresh tokens always;
+    /// the identity from the new ID token when it verifies (claims follow the refresh: a group
+    /// removed at the OP disappears here), else the previous identity, logged. The one 2xx that
+    /// is refused is an ID token about another `sub` (Core §12.2): the session must end rather
+    /// than forward someone else's tokens under this user's name. `wait` bounds the whole call
+    /// (the refresh task's wait for the OP, far longer than a request's).
+    pub async fn refresh(&self, current: &TokenSet, subject: &str, wait: std::time::Duration) -> Result<Refreshed, TokenError> {
         let Some(refresh_token) = current.refresh_token.clone() else {
             return Err(TokenError::InvalidGrant);
         };
         let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token)];
-        let response =
-            token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        let request = token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form).timeout(wait);
+        let mut response = token::request_refresh(request).await?;
         let issued_at = received_at();
-        if let Some(id_token) = response.id_token.as_deref() {
-            id_token::validate(id_token, &self.jwks, &self.expect(None, Some(subject)))
-                .await
-                .map_err(|e| TokenError::InvalidResponse(format!("refreshed ID token: {e}")))?;
-        }
-        Ok(tokens_from(response, issued_at, Some(current)))
+        let identity = match response.id_token.as_deref() {
+            None => None,
+            Some(id_token) => match id_token::validate_refreshed(id_token, &self.jwks, &self.expect(None, None)).await {
+                Ok(claims) if claims.get("sub").and_then(Value::as_str) != Some(subject) => return Err(TokenError::SubjectChanged),
+                Ok(claims) => match self.identity(claims) {
+                    Ok(identity) => Some(identity),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refreshed ID token lacks the user claim; keeping the previous identity");
+                        None
+                    }
+                },
+                Err(e) => {
+                    // Not ours to verify (a lagging clock, a key not yet published): the tokens
+                    // are still the OP's answer to our grant. The unverified ID token is not
+                    // kept either; the previous one stays for `id_token_hint`.
+                    tracing::warn!(error = %e, "refreshed ID token did not verify; keeping the new tokens and the previous identity");
+                    response.id_token = None;
+                    None
+                }
+            },
+        };
+        Ok(Refreshed { tokens: tokens_from(response, issued_at, Some(current)), identity })
     }
 
     /// Revokes a refresh token (RFC 7009) when the OP has a revocation endpoint.
@@ -187,6 +208,16 @@ impl OidcClient {
         }
         Ok(Identity { subject, user, email, groups, claims })
     }
+}
+
+/// What a refresh grant answered with 2xx yields.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The new tokens (fields the OP left out carried over).
+    pub tokens: TokenSet,
+    /// The user as the refreshed ID token describes them; `None` keeps the previous identity
+    /// (no ID token in the answer, or one that did not verify).
+    pub identity: Option<Identity>,
 }
 
 /// The clock reading that `expires_in` counts from. The OP starts the clock when it processes

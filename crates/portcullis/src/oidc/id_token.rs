@@ -34,12 +34,30 @@ pub(crate) type Claims = Map<String, Value>;
 
 /// Verifies signature and claims; returns the claims.
 pub(crate) async fn validate(token: &str, jwks: &JwksCache, expect: &Expectations<'_>) -> Result<Claims, OidcError> {
+    let header = allowed_header(token, expect)?;
+    let jwk = jwks.key_for(header.kid.as_deref(), header.alg).await?;
+    check(token, &header, &jwk, expect)
+}
+
+/// [`validate`] for an ID token the OP's token endpoint just sent in answer to our refresh
+/// grant: an unknown `kid` refetches the JWKS even during its cool-down (see
+/// `JwksCache::key_for_trusted`), because that answer consumed the refresh token.
+pub(crate) async fn validate_refreshed(token: &str, jwks: &JwksCache, expect: &Expectations<'_>) -> Result<Claims, OidcError> {
+    let header = allowed_header(token, expect)?;
+    let jwk = jwks.key_for_trusted(header.kid.as_deref(), header.alg).await?;
+    check(token, &header, &jwk, expect)
+}
+
+fn allowed_header(token: &str, expect: &Expectations<'_>) -> Result<jsonwebtoken::Header, OidcError> {
     let header = jsonwebtoken::decode_header(token).map_err(|e| OidcError::IdToken(format!("malformed header: {e}")))?;
     if !expect.algorithms.contains(&header.alg) {
         return Err(OidcError::IdToken(format!("algorithm {:?} is not allowed", header.alg)));
     }
-    let jwk = jwks.key_for(header.kid.as_deref(), header.alg).await?;
-    let key = DecodingKey::from_jwk(&jwk).map_err(|e| OidcError::IdToken(format!("unusable key: {e}")))?;
+    Ok(header)
+}
+
+fn check(token: &str, header: &jsonwebtoken::Header, jwk: &jsonwebtoken::jwk::Jwk, expect: &Expectations<'_>) -> Result<Claims, OidcError> {
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| OidcError::IdToken(format!("unusable key: {e}")))?;
 
     let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[expect.issuer]);

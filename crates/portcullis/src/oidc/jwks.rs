@@ -96,6 +96,33 @@ impl JwksCache {
     }
 }
 
+// Refresh path (issue 8, item 3): kept apart from the rate-limited lookup above.
+impl JwksCache {
+    /// Like [`JwksCache::key_for`], but a miss refetches even during the cool-down. Only for
+    /// ID tokens that came from the OP's own token endpoint in answer to our refresh grant:
+    /// those are not attacker-chosen (the cool-down guards against forged `kid`s in tokens a
+    /// client hands us), and at most one arrives per session per expiry. Without this, a key
+    /// the OP started signing with during the cool-down would make the refreshed ID token
+    /// unverifiable although the OP has just consumed the refresh token.
+    pub(crate) async fn key_for_trusted(&self, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Result<Jwk, OidcError> {
+        let seen = self.current();
+        if let Some(key) = select(&seen, kid, alg) {
+            return Ok(key);
+        }
+        let mut last = self.fetch.lock().await;
+        let now_keys = self.current();
+        if !Arc::ptr_eq(&now_keys, &seen)
+            && let Some(key) = select(&now_keys, kid, alg)
+        {
+            return Ok(key);
+        }
+        *last = Some(Instant::now());
+        let fresh = Arc::new(fetch(&self.http, &self.uri).await?);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        select(&fresh, kid, alg).ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("<none>").to_string()))
+    }
+}
+
 fn select(keys: &JwkSet, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Option<Jwk> {
     let usable = |k: &&Jwk| {
         let use_ok = k.common.public_key_use.as_ref().is_none_or(|u| *u == jsonwebtoken::jwk::PublicKeyUse::Signature);

@@ -8,7 +8,7 @@ mod metadata;
 pub(crate) mod pkce;
 mod token;
 
-pub use client::OidcClient;
+pub use client::{OidcClient, Refreshed};
 pub use metadata::ProviderMetadata;
 pub use token::TokenError;
 

@@ -70,6 +70,10 @@ pub enum TokenError {
     /// The OP answered 200 with something that is not a token response.
     #[error("the OP's token response is invalid: {0}")]
     InvalidResponse(String),
+    /// The OP refreshed, but its new ID token is about another user (Core §12.2). The refresh
+    /// token is consumed and the tokens are not this user's: the session ends.
+    #[error("the refreshed ID token is about another subject")]
+    SubjectChanged,
 }
 
 impl TokenError {
@@ -101,22 +105,55 @@ pub(crate) fn authenticated_post(
     }
 }
 
-/// Sends a token request and classifies the outcome.
+/// Sends a token request and classifies the outcome (code exchange: a `token_type` other than
+/// Bearer is refused, nothing has been consumed that a new login cannot replace).
 pub(crate) async fn request_tokens(request: reqwest::RequestBuilder) -> Result<TokenResponse, TokenError> {
+    let (status, body) = send(request).await?;
+    let tokens = classify(status, &body)?;
+    if tokens.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
+        return Err(TokenError::InvalidResponse("token_type is not Bearer".into()));
+    }
+    Ok(tokens)
+}
+
+/// Sends a `refresh_token` grant and classifies the outcome. A 2xx has consumed the presented
+/// refresh token whatever its body says (DESIGN, "two rules learned the hard way"), so nothing
+/// about a readable 2xx body makes it an error here: an unexpected `token_type` is logged and
+/// the tokens kept. A 2xx without a readable token response is `OutcomeUnknown`, so the old
+/// refresh token is not re-presented before the settle time.
+pub(crate) async fn request_refresh(request: reqwest::RequestBuilder) -> Result<TokenResponse, TokenError> {
+    let (status, body) = send(request).await?;
+    let tokens = classify(status, &body)?;
+    if let Some(t) = tokens.token_type.as_deref().filter(|t| !t.eq_ignore_ascii_case("bearer")) {
+        tracing::warn!(token_type = %sanitize(t), "refreshed access token is not of type Bearer; keeping it (the refresh token is consumed)");
+    }
+    Ok(tokens)
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, bytes::Bytes), TokenError> {
     let response = request.send().await.map_err(classify_transport)?;
     let status = response.status();
     let body = response.bytes().await.map_err(|e| TokenError::OutcomeUnknown(super::http::describe(&e)))?;
+    Ok((status, body))
+}
+
+/// What an answer from the token endpoint means, from its status and body.
+fn classify(status: reqwest::StatusCode, body: &[u8]) -> Result<TokenResponse, TokenError> {
+    use reqwest::StatusCode;
     if status.is_success() {
-        let tokens: TokenResponse = serde_json::from_slice(&body).map_err(|e| TokenError::InvalidResponse(e.to_string()))?;
-        if tokens.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
-            return Err(TokenError::InvalidResponse("token_type is not Bearer".into()));
-        }
-        return Ok(tokens);
+        // The OP acted on the grant: an unreadable body is not "nothing happened".
+        return serde_json::from_slice::<TokenResponse>(body)
+            .map_err(|e| TokenError::OutcomeUnknown(format!("HTTP {} with an unreadable token response: {e}", status.as_u16())));
+    }
+    // 502 and 504 come from a proxy in front of the OP: the request may have reached the OP,
+    // which may have consumed the refresh token before the proxy gave up on its answer.
+    if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT) {
+        return Err(TokenError::OutcomeUnknown(format!("HTTP {} from a proxy in front of the OP", status.as_u16())));
     }
     if status.is_server_error() {
         return Err(TokenError::ServerError(status.as_u16()));
     }
-    match serde_json::from_slice::<ErrorResponse>(&body) {
+    match serde_json::from_slice::<ErrorResponse>(body) {
         Ok(e) if e.error == "invalid_grant" => Err(TokenError::InvalidGrant),
         Ok(e) => Err(TokenError::Refused { status: status.as_u16(), error: sanitize(&e.error) }),
         Err(_) => Err(TokenError::Refused { status: status.as_u16(), error: "<no error code>".into() }),
@@ -135,4 +172,43 @@ fn classify_transport(e: reqwest::Error) -> TokenError {
 /// OAuth error codes are a restricted charset; anything else is not echoed into logs.
 fn sanitize(code: &str) -> String {
     code.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each answer of the token endpoint means. `Ok` is a token response; the error
+    /// names are the `TokenError` variant.
+    #[test]
+    fn answers_are_classified() {
+        let tokens = r#"{"access_token":"a","token_type":"Bearer","expires_in":60,"refresh_token":"r"}"#;
+        let cases: &[(u16, &str, &str)] = &[
+            (200, tokens, "ok"),
+            (200, r#"{"access_token":"a","token_type":"DPoP"}"#, "ok"),
+            // 2xx: the grant was consumed, whatever the body looks like.
+            (200, "not json", "unknown"),
+            (200, r#"{"token_type":"Bearer"}"#, "unknown"),
+            (201, "", "unknown"),
+            // A proxy's 502/504 may come after the OP consumed the token.
+            (502, "<html>Bad Gateway</html>", "unknown"),
+            (504, "", "unknown"),
+            (500, r#"{"error":"server_error"}"#, "server"),
+            (503, "", "server"),
+            (400, r#"{"error":"invalid_grant"}"#, "invalid_grant"),
+            (400, r#"{"error":"invalid_client"}"#, "refused"),
+            (401, "", "refused"),
+        ];
+        for (status, body, expected) in cases {
+            let got = match classify(reqwest::StatusCode::from_u16(*status).unwrap(), body.as_bytes()) {
+                Ok(_) => "ok",
+                Err(TokenError::OutcomeUnknown(_)) => "unknown",
+                Err(TokenError::ServerError(_)) => "server",
+                Err(TokenError::InvalidGrant) => "invalid_grant",
+                Err(TokenError::Refused { .. }) => "refused",
+                Err(other) => panic!("{status} {body}: unexpected {other:?}"),
+            };
+            assert_eq!(got, *expected, "HTTP {status} {body}");
+        }
+    }
 }

@@ -1,0 +1,96 @@
+//! The refresh coordinator driven from Rust over the memory store, with a store that can be
+//! made to panic: what happens to a flight whose task dies.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::session::{ChangeWatch, Identity, Lifetimes, MemoryStore, PendingLogin, SessionId, TokenSet};
+
+/// The memory store, except that the first `load` after `arm` panics (a bug in a store, a
+/// decoder, the OP client: anything inside the spawned refresh task).
+struct PanicOnce {
+    inner: MemoryStore,
+    armed: AtomicBool,
+}
+
+#[async_trait]
+impl SessionStore for PanicOnce {
+    async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("injected panic inside the refresh task");
+        }
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        self.inner.create(key, record).await
+    }
+    async fn compare_and_set(&self, key: &SessionKey, expected: u64, record: &SessionRecord) -> Result<CasOutcome, StoreError> {
+        self.inner.compare_and_set(key, expected, record).await
+    }
+    async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.put_login(state_key, login, ttl).await
+    }
+    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError> {
+        self.inner.take_login(state_key).await
+    }
+    async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.try_lease(key, owner, ttl).await
+    }
+    async fn renew_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.renew_lease(key, owner, ttl).await
+    }
+    async fn release_lease(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(key, owner).await
+    }
+    fn watch(&self, key: &SessionKey) -> ChangeWatch {
+        self.inner.watch(key)
+    }
+}
+
+fn expired_record() -> SessionRecord {
+    let now = now_millis();
+    SessionRecord {
+        version: 0,
+        created_at: now,
+        identity: Identity { subject: "u".into(), user: "u".into(), email: None, groups: Vec::new(), claims: Default::default() },
+        tokens: TokenSet {
+            access_token: "at".into(),
+            issued_at: now - 10_000,
+            expires_at: Some(now - 1_000),
+            refresh_token: Some("rt".into()),
+            id_token: None,
+        },
+        unsettled_refresh: None,
+    }
+}
+
+/// Item 1 (server-side stores): a panic inside the refresh task must not leave its flight
+/// registered. The requests of that flight get `Aborted` at once; the next request starts a
+/// new refresh (here it reaches the OP handle, which is not discovered: `ProviderNotReady`)
+/// instead of joining a dead flight and getting 503 until a restart.
+#[tokio::test]
+async fn a_panicking_refresh_task_leaves_no_dead_flight() {
+    let lifetimes = Lifetimes { idle: Duration::from_secs(600), absolute: Duration::from_secs(3600) };
+    let store = Arc::new(PanicOnce { inner: MemoryStore::new(lifetimes), armed: AtomicBool::new(false) });
+    let key = SessionId::generate().key();
+    store.create(&key, &expired_record()).await.unwrap();
+    let seen = store.load(&key).await.unwrap().unwrap();
+    let timing = Timing {
+        max_wait: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(50),
+        settle_after_unknown: Duration::from_secs(1),
+        op_answer_timeout: Duration::from_secs(5),
+    };
+    let refresher = Refresher::new(store.clone(), ProviderHandle::default(), timing, Arc::default());
+    store.armed.store(true, Ordering::SeqCst);
+    let first = refresher.refresh(&key, seen.clone()).await;
+    assert!(matches!(first, Err(RefreshError::Aborted)), "{first:?}");
+    let second = refresher.refresh(&key, seen).await;
+    assert!(matches!(second, Err(RefreshError::ProviderNotReady)), "a new refresh ran: {second:?}");
+}
