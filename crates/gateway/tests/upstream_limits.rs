@@ -108,6 +108,7 @@ async fn body_limit_gives_413() {
     let r = http.post(s.url("/upload")).header("accept", JSON).body(vec![0u8; 2000]).send().await.unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "request_body_too_large");
+    assert!(s.gateway.log_text().contains("(Content-Length)"), "refused on the announced length, before any upstream work");
     // At the limit and under it: forwarded whole.
     for size in [1000usize, 10] {
         let r = http.post(s.url("/upload")).body(vec![0u8; size]).send().await.unwrap();
