@@ -249,7 +249,16 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["accept", "content-length", "host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-real-ip"]
+            [
+                "accept",
+                "content-length",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-port",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
         );
         assert_eq!(get(&h, "x-forwarded-host"), Some("gw.example:8443"));
         assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.1"));
@@ -258,7 +267,9 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_extended_only_for_trusted_peers() {
-        let cases: [(&[&str], &str, Option<&str>, &str, &str); 6] = [
+        // (trusted nets, peer, client's X-Forwarded-For, upstream's X-Forwarded-For, X-Real-IP)
+        type Case<'a> = (&'a [&'a str], &'a str, Option<&'a str>, &'a str, &'a str);
+        let cases: [Case<'_>; 6] = [
             (&[], "192.0.2.1", Some("6.6.6.6"), "192.0.2.1", "192.0.2.1"),
             (&["10.0.0.0/8"], "192.0.2.1", Some("6.6.6.6"), "192.0.2.1", "192.0.2.1"),
             (&["10.0.0.0/8"], "10.1.1.1", Some("6.6.6.6"), "6.6.6.6, 10.1.1.1", "6.6.6.6"),

@@ -38,12 +38,14 @@ use crate::routes::{Route, UpstreamTarget};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
 type HttpsClient = Client<Connector, Body>;
+/// Pooled clients by connect timeout.
+type Clients = Vec<(Duration, Arc<HttpsClient>)>;
 
 /// Forwards requests to upstreams.
 #[derive(Clone)]
 pub(crate) struct Proxy {
     /// One pooled client per connect timeout, created on first use (a handful at most).
-    clients: Arc<RwLock<Vec<(Duration, Arc<HttpsClient>)>>>,
+    clients: Arc<RwLock<Clients>>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not be
@@ -70,7 +72,7 @@ impl Proxy {
     }
 
     fn client(&self, connect_timeout: Duration) -> Arc<HttpsClient> {
-        let found = |clients: &[(Duration, Arc<HttpsClient>)]| clients.iter().find(|(t, _)| *t == connect_timeout).map(|(_, c)| c.clone());
+        let found = |clients: &Clients| clients.iter().find(|(t, _)| *t == connect_timeout).map(|(_, c)| c.clone());
         if let Some(client) = found(&self.clients.read().unwrap_or_else(|e| e.into_inner())) {
             return client;
         }
@@ -122,7 +124,8 @@ impl Proxy {
             let (sent_tx, sent_rx) = oneshot::channel();
             let exceeded = Arc::new(AtomicBool::new(false));
             let body = std::mem::take(req.body_mut());
-            let watched = Watched { inner: body, limit: settings.max_request_body_bytes, seen: 0, exceeded: exceeded.clone(), sent: Some(sent_tx) };
+            let watched =
+                Watched { inner: body, limit: settings.max_request_body_bytes, seen: 0, exceeded: exceeded.clone(), sent: Some(sent_tx) };
             *req.body_mut() = Body::new(watched);
             (Some(sent_rx), Some(exceeded))
         };
@@ -188,7 +191,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn too_large(limit: u64) -> Failure {
-    let mut failure = Failure::bad_request("request_body_too_large", format!("The request body is larger than this address accepts ({limit} bytes)."));
+    let mut failure =
+        Failure::bad_request("request_body_too_large", format!("The request body is larger than this address accepts ({limit} bytes)."));
     failure.status = StatusCode::PAYLOAD_TOO_LARGE;
     failure
 }

@@ -177,7 +177,9 @@ async fn allowed_upgrades_still_pass() {
     let cookie = s.session_cookie(&browser).unwrap();
     let addr = s.gateway.url().trim_start_matches("http://").to_string();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let request = format!("GET /ws HTTP/1.1\r\nHost: x\r\nCookie: portcullis={cookie}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nCookie: portcullis={cookie}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let head = read_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -198,8 +200,8 @@ async fn allowed_upgrades_still_pass() {
 /// application's own cookies do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_cookies_never_reach_the_upstream() {
-    let s = Setup::start_with(Store::Memory, OpOptions { access_token_ttl: 3600, ..OpOptions::default() }, |o| o.store = "cookie".into())
-        .await;
+    let s =
+        Setup::start_with(Store::Memory, OpOptions { access_token_ttl: 3600, ..OpOptions::default() }, |o| o.store = "cookie".into()).await;
     let (browser, _) = s.logged_in("/", "alice").await;
     let gateway = s.gateway.url();
     let real: Vec<String> = (0..8)

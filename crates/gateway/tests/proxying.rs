@@ -43,7 +43,8 @@ async fn upgrades_pass_through() {
     let (browser, _) = s.logged_in("/", "alice").await;
     let cookie = s.session_cookie(&browser).unwrap();
     let mut tcp = tokio::net::TcpStream::connect(s.gateway.url().trim_start_matches("http://")).await.unwrap();
-    let request = format!("GET /ws HTTP/1.1\r\nHost: x\r\nCookie: portcullis={cookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let request =
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\nCookie: portcullis={cookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];

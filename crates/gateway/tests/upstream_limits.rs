@@ -154,7 +154,8 @@ fn tokio_stream<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> im
 /// chunk, and returns the response head.
 async fn raw_chunked(s: &Setup, path: &str, chunks: &[usize]) -> String {
     let mut tcp = tokio::net::TcpStream::connect(s.gateway.url().trim_start_matches("http://")).await.unwrap();
-    let mut request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
     for size in chunks {
         request.extend_from_slice(format!("{size:x}\r\n").as_bytes());
         request.extend(std::iter::repeat_n(b'a', *size));

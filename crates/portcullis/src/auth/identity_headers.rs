@@ -128,7 +128,7 @@ fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
     let base = unprefixed(cookie_name);
     let ours = |pair: &str| pair.split_once('=').is_some_and(|(name, _)| in_namespace(name.trim(), base));
-    let present = headers.get_all(header::COOKIE).iter().any(|v| v.to_str().map_or(false, |t| t.split(';').any(ours)));
+    let present = headers.get_all(header::COOKIE).iter().any(|v| v.to_str().is_ok_and(|t| t.split(';').any(ours)));
     if !present {
         return;
     }
