@@ -1,33 +1,58 @@
 //! The reverse proxy: streams requests to the route's upstream over pooled keep-alive
 //! connections and streams the answer back. Nothing is buffered whole.
+//!
+//! Per route: a connect timeout (TCP and TLS), a response-head timeout and an optional
+//! request-body limit. The connect timeout lives in the connector, so there is one pooled
+//! client per distinct connect timeout (routes with the same one, the usual case, share a
+//! pool). Wrapping the whole request in one timeout instead could not tell a dead upstream
+//! (connect) from a slow one (response head), and would charge a pooled connection's request
+//! for a connect it never made.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
-    extract::ConnectInfo,
     response::{IntoResponse, Response},
 };
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header, uri::PathAndQuery};
+use http_body::{Frame, SizeHint};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
 use portcullis::auth::{Failure, RequestKind};
+use tokio::sync::oneshot;
 
 use crate::routes::{Route, UpstreamTarget};
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
+type HttpsClient = Client<Connector, Body>;
+/// Pooled clients by connect timeout.
+type Clients = Vec<(Duration, Arc<HttpsClient>)>;
 
 /// Forwards requests to upstreams.
 #[derive(Clone)]
 pub(crate) struct Proxy {
-    client: HttpsClient,
-    forwarded_proto: HeaderValue,
+    /// One pooled client per connect timeout, created on first use (a handful at most).
+    clients: Arc<RwLock<Clients>>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not be
-/// forwarded. `upgrade` and `connection` are re-added for protocol upgrades.
+/// forwarded. `upgrade` and `connection` are re-added for protocol upgrades. On requests the
+/// boundary (`client_headers`) has already removed these and every header `Connection` named,
+/// before the gateway set its own; the proxy does not read `Connection` on requests, so a
+/// client can never make it remove what the auth layer set.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -39,53 +64,99 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 impl Proxy {
-    /// `public_scheme` is what `X-Forwarded-Proto` says: the scheme browsers use.
-    pub(crate) fn new(public_scheme: &str) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_platform_verifier().https_or_http().enable_http1().wrap_connector(http);
-        let client =
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(256).build(https);
-        Self { client, forwarded_proto: HeaderValue::from_str(public_scheme).expect("scheme is a valid header value") }
+    /// `_public_scheme` is no longer used here: `X-Forwarded-*` come from the boundary, which
+    /// knows `public_url` and the peer (kept so callers need not change).
+    pub(crate) fn new(_public_scheme: &str) -> Self {
+        Self { clients: Arc::default() }
+    }
+
+    fn client(&self, connect_timeout: Duration) -> Arc<HttpsClient> {
+        let found = |clients: &Clients| clients.iter().find(|(t, _)| *t == connect_timeout).map(|(_, c)| c.clone());
+        if let Some(client) = found(&self.clients.read().unwrap_or_else(|e| e.into_inner())) {
+            return client;
+        }
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = found(&clients) {
+            return client;
+        }
+        let client = Arc::new(build_client(connect_timeout));
+        clients.push((connect_timeout, client.clone()));
+        client
     }
 
     /// Forwards `req` to `route`'s upstream.
     pub(crate) async fn forward(&self, route: &Route, mut req: Request<Body>) -> Response {
         let kind = RequestKind::of(req.headers());
+        let settings = &route.config;
         let uri = match upstream_uri(&route.target, req.uri()) {
             Some(uri) => uri,
             None => return Failure::bad_request("bad_request_target", "The request path cannot be forwarded.").respond(kind),
         };
-        let client_addr = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if let Some(limit) = settings.max_request_body_bytes
+            && content_length(req.headers()).is_some_and(|len| len > limit)
+        {
+            tracing::info!(route = %route.prefix, limit, "request body above the route's limit (Content-Length)");
+            return too_large(limit).respond(kind);
+        }
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        if let Some(host) = headers.remove(header::HOST) {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-        if let Some(ip) = client_addr {
-            append_forwarded_for(headers, ip);
-        }
-        headers.insert(X_FORWARDED_PROTO, self.forwarded_proto.clone());
+        // hyper sets `Host` from the upstream URI.
+        headers.remove(header::HOST);
         *req.uri_mut() = uri;
         // HTTP/2 from the browser, HTTP/1.1 to the upstream: the client picks the version.
         *req.version_mut() = http::Version::HTTP_11;
 
-        let mut response = match self.client.request(req).await {
+        // A request without a body is sent at once; one with a body is watched: its end starts
+        // the response-head clock, and its size is held to the route's limit as it streams.
+        let (body_sent, too_big) = if http_body::Body::is_end_stream(req.body()) {
+            (None, None)
+        } else {
+            let (sent_tx, sent_rx) = oneshot::channel();
+            let exceeded = Arc::new(AtomicBool::new(false));
+            let body = std::mem::take(req.body_mut());
+            let watched =
+                Watched { inner: body, limit: settings.max_request_body_bytes, seen: 0, exceeded: exceeded.clone(), sent: Some(sent_tx) };
+            *req.body_mut() = Body::new(watched);
+            (Some(sent_rx), Some(exceeded))
+        };
+        let head_timeout = settings.response_header_timeout;
+        let head_deadline = async move {
+            if let Some(sent) = body_sent {
+                // An error (the body failed or was dropped) starts the clock too.
+                let _ = sent.await;
+            }
+            tokio::time::sleep(head_timeout).await;
+        };
+
+        let client = self.client(settings.connect_timeout);
+        let outcome = tokio::select! {
+            outcome = client.request(req) => outcome,
+            () = head_deadline => {
+                tracing::warn!(upstream = %route.upstream, route = %route.prefix, timeout = ?head_timeout, "upstream response head timed out");
+                return timeout_failure("The application behind the gateway did not answer in time.").respond(kind);
+            }
+        };
+        let mut response = match outcome {
             Ok(response) => response,
+            Err(_) if too_big.as_ref().is_some_and(|e| e.load(Ordering::Relaxed)) => {
+                let limit = settings.max_request_body_bytes.unwrap_or_default();
+                tracing::info!(route = %route.prefix, limit, "request body above the route's limit (streamed)");
+                return too_large(limit).respond(kind);
+            }
+            Err(e) if is_connect_timeout(&e) => {
+                tracing::warn!(upstream = %route.upstream, route = %route.prefix, timeout = ?settings.connect_timeout, "upstream connect timed out");
+                return timeout_failure("The application behind the gateway could not be reached in time.").respond(kind);
+            }
             Err(e) => {
                 tracing::warn!(upstream = %route.upstream, error = %e, "upstream request failed");
                 let mut failure = Failure::unavailable("upstream_unavailable", "The application behind the gateway did not answer.");
@@ -103,6 +174,145 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Response::from_parts(parts, Body::new(body))
+    }
+}
+
+fn build_client(connect_timeout: Duration) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_platform_verifier().https_or_http().enable_http1().wrap_connector(http);
+    let connector = ConnectTimeout { inner: https, timeout: connect_timeout };
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(256).build(connector)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn too_large(limit: u64) -> Failure {
+    let mut failure =
+        Failure::bad_request("request_body_too_large", format!("The request body is larger than this address accepts ({limit} bytes)."));
+    failure.status = StatusCode::PAYLOAD_TOO_LARGE;
+    failure
+}
+
+fn timeout_failure(message: &str) -> Failure {
+    let mut failure = Failure::unavailable("upstream_timeout", message);
+    failure.status = StatusCode::GATEWAY_TIMEOUT;
+    failure
+}
+
+/// The connect phase (TCP, then TLS) took longer than the route allows.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the upstream took longer than {0:?}")]
+struct ConnectTimedOut(Duration);
+
+fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<ConnectTimedOut>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A connector with a deadline on the whole connect (TCP and TLS); hyper-util's own
+/// `set_connect_timeout` covers TCP only.
+#[derive(Clone)]
+struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower::Service<Uri> for ConnectTimeout<C>
+where
+    C: tower::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as BoxError),
+            }
+        })
+    }
+}
+
+/// The request body on its way to the upstream: streamed frame by frame (never buffered),
+/// failed once it passes the route's limit (a chunked body announces no length), and telling
+/// when it has been sent completely (the response-head clock starts then, as Go's
+/// `ResponseHeaderTimeout` does: a slow upload is not a slow upstream).
+struct Watched {
+    inner: Body,
+    limit: Option<u64>,
+    seen: u64,
+    exceeded: Arc<AtomicBool>,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+/// The stream passed the route's body limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body above the route's limit")]
+struct BodyTooLarge;
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.limit.is_some_and(|limit| this.seen > limit) {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.sent = None;
+                        return Poll::Ready(Some(Err(axum::Error::new(BodyTooLarge))));
+                    }
+                }
+                if this.inner.is_end_stream()
+                    && let Some(sent) = this.sent.take()
+                {
+                    let _ = sent.send(());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            None => {
+                if let Some(sent) = this.sent.take() {
+                    let _ = sent.send(());
+                }
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                this.sent = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -148,16 +358,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
-    }
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 

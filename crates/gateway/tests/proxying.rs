@@ -43,7 +43,8 @@ async fn upgrades_pass_through() {
     let (browser, _) = s.logged_in("/", "alice").await;
     let cookie = s.session_cookie(&browser).unwrap();
     let mut tcp = tokio::net::TcpStream::connect(s.gateway.url().trim_start_matches("http://")).await.unwrap();
-    let request = format!("GET /ws HTTP/1.1\r\nHost: x\r\nCookie: portcullis={cookie}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    let request =
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\nCookie: portcullis={cookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -81,7 +82,8 @@ async fn forwarding_headers_set_and_hop_by_hop_dropped() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen = s.upstream.last().unwrap();
-    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // An untrusted peer (trusted_proxies is empty) cannot extend the list: it is replaced.
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-forwarded-host"], s.gateway.url().trim_start_matches("http://"));
     assert_eq!(seen.headers["x-custom"], "kept");

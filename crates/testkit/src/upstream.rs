@@ -60,6 +60,8 @@ impl Upstream {
             .route("/stream", any(stream))
             .route("/upload", any(upload))
             .route("/ws", any(echo_upgrade))
+            .route("/slow", any(slow))
+            .route("/first-chunk", any(first_chunk))
             .fallback(any(record))
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -68,6 +70,46 @@ impl Upstream {
             axum::serve(listener, app).await.unwrap();
         });
         Self { addr, seen, _task: task }
+    }
+
+    /// An upstream that accepts connections, reads whatever comes and never answers: the
+    /// response-head timeout's case.
+    pub async fn silent() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        Self { addr, seen: Arc::default(), _task: task }
+    }
+
+    /// An upstream whose connections never complete: a listening socket (backlog 0) that never
+    /// accepts, its accept queue filled first, so the kernel drops every further SYN and a
+    /// connect hangs until the caller gives up. The connect timeout's case, on 127.0.0.1.
+    pub async fn unaccepting() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(e)) => panic!("connect to the unaccepting listener: {e}"),
+                Err(_) => break,
+            }
+            assert!(queued.len() < 64, "the accept queue never filled");
+        }
+        let task = tokio::spawn(async move {
+            let _held = (listener, queued);
+            std::future::pending::<()>().await;
+        });
+        Self { addr, seen: Arc::default(), _task: task }
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -124,6 +166,23 @@ async fn stream() -> Response {
         Ok::<_, std::io::Error>(bytes::Bytes::from(format!("chunk{i}\n")))
     });
     Response::new(Body::from_stream(chunks))
+}
+
+/// `/slow?ms=N`: the response head comes after N ms (then the request is recorded).
+async fn slow(State(shared): State<Shared>, req: Request) -> Response {
+    let ms = req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    record(State(shared), req).await
+}
+
+/// Answers as soon as the first chunk of the request body has arrived, with its size: a proxy
+/// that buffered the body would hold this answer back until the client finished.
+async fn first_chunk(req: Request) -> String {
+    let mut body = req.into_body().into_data_stream();
+    match body.next().await {
+        Some(Ok(chunk)) => chunk.len().to_string(),
+        _ => "0".into(),
+    }
 }
 
 /// Counts the bytes of the request body as they stream in.
