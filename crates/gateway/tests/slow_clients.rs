@@ -126,8 +126,9 @@ async fn idle_keep_alive_connections_close_after_keep_alive_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_in_flight_is_not_idle() {
-    // The upstream's /stream pauses 1.5 s between its two chunks.
-    let (gateway, _upstream) = gateway("header_read_timeout = \"1s\"\nkeep_alive_timeout = \"1s\"").await;
+    // The upstream's /stream pauses 1.5 s between its two chunks: far longer than the idle
+    // limit (plus the second of grace a closing connection gets).
+    let (gateway, _upstream) = gateway("header_read_timeout = \"1s\"\nkeep_alive_timeout = \"100ms\"").await;
     let response = reqwest::get(format!("{}/stream", gateway.url())).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "chunk0\nchunk1\n");
