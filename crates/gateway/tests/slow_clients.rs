@@ -8,7 +8,7 @@
 //! | trickles a head, one byte every 150 ms             | closed after `header_read_timeout` (total)     |
 //! | idle after a response (keep-alive)                 | closed after `keep_alive_timeout`, not before  |
 //! | a response slower than `keep_alive_timeout`        | completes (in flight is not idle)              |
-//! | request head above `max_header_bytes`              | `431`, connection closed; a normal one works   |
+//! | request head above `max_header_bytes`              | `431` (HTTP/1: and closed; HTTP/2: the stream) |
 //! | connection `max_connections + 1`                   | not served until another closes                |
 //! | HTTP/2 prior knowledge                             | served; SETTINGS advertise the stream limit    |
 //! | SIGTERM with a response in flight                  | it completes; new connections are refused      |
@@ -152,6 +152,13 @@ async fn oversized_heads_are_refused() {
         None => {} // closed without an answer: refused as well
     }
     closed_within(&mut tcp, Duration::from_secs(5)).await.unwrap();
+
+    // HTTP/2: the header list limit refuses that stream with 431; the connection lives on.
+    let http = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let url = format!("{}/healthz", gateway.url());
+    let refused = http.get(&url).header("x-filler", "a".repeat(20_000)).send().await.unwrap();
+    assert_eq!((refused.version(), refused.status().as_u16()), (http::Version::HTTP_2, 431));
+    assert_eq!(http.get(&url).header("x-filler", "a".repeat(8000)).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
