@@ -21,7 +21,8 @@
 //! - **As words**: split at non-alphanumeric bytes (each separator costs 1 bit). A token of
 //!   letters made of words of 3+ letters in one case (`secret`, `SECRET`, `Secret`,
 //!   `CorrectHorseBattery`) is text: 2 bits per letter (generous: Shannon estimated about 1
-//!   bit per letter of English). Digits cost log2(10) each, other tokens their characters' bits; a
+//!   bit per letter of English). This reading applies only when such text tokens hold at least
+//!   half of the letters and digits. Digits cost log2(10) each, other tokens their characters' bits; a
 //!   token seen before costs 2 bits.
 //!
 //! `openssl rand -base64 32` (≈ 200 bits by this estimate), `-base64 48`, `-hex 32` and
@@ -135,9 +136,17 @@ fn as_characters(bytes: &[u8], per_char: f64) -> f64 {
 
 /// Separators 1 bit; text tokens 2 bits per letter; digits log2(10); repeats 2 bits.
 fn as_words(bytes: &[u8], per_char: f64) -> f64 {
+    let tokens = || bytes.split(|b| !b.is_ascii_alphanumeric()).filter(|t| !t.is_empty());
+    // Text-like only if text tokens hold at least half the letters and digits: a random
+    // string's occasional `abc` between two `/` is not a passphrase.
+    let text: usize = tokens().filter(|t| is_text(t)).map(<[u8]>::len).sum();
+    let alphanumeric: usize = tokens().map(<[u8]>::len).sum();
+    if text * 2 < alphanumeric {
+        return f64::INFINITY;
+    }
     let mut bits = 0.0;
     let mut seen: Vec<&[u8]> = Vec::new();
-    for token in bytes.split(|b| !b.is_ascii_alphanumeric()).filter(|t| !t.is_empty()) {
+    for token in tokens() {
         if seen.contains(&token) {
             bits += 2.0;
             continue;
