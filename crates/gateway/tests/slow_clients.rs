@@ -79,7 +79,40 @@ async fn slow_heads_are_dropped_after_header_read_timeout() {
     for (name, sends) in [
         ("nothing sent", &[][..]),
         ("half a head", &[&b"GET / HTTP/1.1\r\nHost: x\r\n"[..]][..]),
-        ("a byte every 150 ms", &[&b"G"[..], b"E", b"T", b" ", b"/", b" ", b"H", b"T", b"T", b"P", b"/", b"1", b".", b"1", b"\r", b"\n", b"H", b"o", b"s", b"t", b":", b" ", b"x", b"\r", b"\n", b"X", b":", b" ", b"y"][..]),
+        (
+            "a byte every 150 ms",
+            &[
+                &b"G"[..],
+                b"E",
+                b"T",
+                b" ",
+                b"/",
+                b" ",
+                b"H",
+                b"T",
+                b"T",
+                b"P",
+                b"/",
+                b"1",
+                b".",
+                b"1",
+                b"\r",
+                b"\n",
+                b"H",
+                b"o",
+                b"s",
+                b"t",
+                b":",
+                b" ",
+                b"x",
+                b"\r",
+                b"\n",
+                b"X",
+                b":",
+                b" ",
+                b"y",
+            ][..],
+        ),
     ] {
         let started = Instant::now();
         let mut slow = connect(&gateway).await;
@@ -147,9 +180,9 @@ async fn oversized_heads_are_refused() {
     let mut tcp = connect(&gateway).await;
     // The server may close before it has read everything: a write error is a refusal too.
     let _ = tcp.write_all(huge.as_bytes()).await;
-    match read_response(&mut tcp).await {
-        Some(head) => assert!(head.starts_with("HTTP/1.1 431"), "{head}"),
-        None => {} // closed without an answer: refused as well
+    // Closed without an answer would be a refusal as well; hyper answers 431 first.
+    if let Some(head) = read_response(&mut tcp).await {
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
     }
     closed_within(&mut tcp, Duration::from_secs(5)).await.unwrap();
 
@@ -203,10 +236,8 @@ async fn http2_prior_knowledge_is_served_and_advertises_its_limits() {
     let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
     let mut payload = vec![0u8; length];
     tcp.read_exact(&mut payload).await.unwrap();
-    let settings: Vec<(u16, u32)> = payload
-        .chunks_exact(6)
-        .map(|s| (u16::from_be_bytes([s[0], s[1]]), u32::from_be_bytes([s[2], s[3], s[4], s[5]])))
-        .collect();
+    let settings: Vec<(u16, u32)> =
+        payload.chunks_exact(6).map(|s| (u16::from_be_bytes([s[0], s[1]]), u32::from_be_bytes([s[2], s[3], s[4], s[5]]))).collect();
     assert!(settings.contains(&(0x3, 7)), "{settings:?}");
     assert!(settings.contains(&(0x6, 20000)), "{settings:?}");
 }

@@ -119,10 +119,7 @@ fn as_characters(bytes: &[u8], per_char: f64) -> f64 {
     let mut bits = 0.0;
     let mut i = 0;
     while i < bytes.len() {
-        let longest = (0..i)
-            .map(|j| bytes[j..].iter().zip(&bytes[i..]).take_while(|(a, b)| a == b).count())
-            .max()
-            .unwrap_or(0);
+        let longest = (0..i).map(|j| bytes[j..].iter().zip(&bytes[i..]).take_while(|(a, b)| a == b).count()).max().unwrap_or(0);
         if longest >= MIN_MATCH {
             bits += MATCH_BITS;
             i += longest;
@@ -203,10 +200,10 @@ mod tests {
     fn random_key_material_always_passes() {
         for _ in 0..3000 {
             let samples = [
-                STANDARD.encode(random_bytes::<32>()),       // openssl rand -base64 32
-                STANDARD.encode(random_bytes::<48>()),       // openssl rand -base64 48, generate-secret
-                hex(&random_bytes::<32>()),                  // openssl rand -hex 32
-                hex(&random_bytes::<32>()).to_uppercase(),   // the same, upper case
+                STANDARD.encode(random_bytes::<32>()),     // openssl rand -base64 32
+                STANDARD.encode(random_bytes::<48>()),     // openssl rand -base64 48, generate-secret
+                hex(&random_bytes::<32>()),                // openssl rand -hex 32
+                hex(&random_bytes::<32>()).to_uppercase(), // the same, upper case
                 crate::config::generate_secret(),
             ];
             for s in samples {

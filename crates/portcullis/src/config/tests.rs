@@ -88,13 +88,20 @@ fn weak_session_secrets_are_refused() {
         assert!(err.contains(why), "{secret:?}: expected {why:?} in {err}");
         assert!(!err.contains(secret.trim()), "the error repeats the secret: {err}");
         // The same value as a previous secret is refused too, naming that key.
-        let text = MINIMAL.replace(&format!("secret = \"{SECRET}\""), &format!("secret = \"{SECRET}\"\nprevious_secrets = [\"{}\", \"{secret}\"]", crate::config::generate_secret()));
+        let text = MINIMAL.replace(
+            &format!("secret = \"{SECRET}\""),
+            &format!("secret = \"{SECRET}\"\nprevious_secrets = [\"{}\", \"{secret}\"]", crate::config::generate_secret()),
+        );
         let err = Config::from_toml_str(&text).expect_err(secret).to_string();
         assert!(err.starts_with("session.previous_secrets[1]:"), "{secret:?}: {err}");
     }
     // Random ones pass, as current and previous secrets.
-    for secret in [SECRET, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "l0J4qz6cX0u0+Ry0ZK2bsbLQ5c5c3VOCgq9wT3pA0mM="] {
-        let text = MINIMAL.replace(SECRET, secret).replace("[session]", &format!("[session]\nprevious_secrets = [\"{}\"]", crate::config::generate_secret()));
+    for secret in
+        [SECRET, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "l0J4qz6cX0u0+Ry0ZK2bsbLQ5c5c3VOCgq9wT3pA0mM="]
+    {
+        let text = MINIMAL
+            .replace(SECRET, secret)
+            .replace("[session]", &format!("[session]\nprevious_secrets = [\"{}\"]", crate::config::generate_secret()));
         Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{secret}: {e}"));
     }
 }
@@ -121,11 +128,17 @@ fn debug_redacts_every_secret() {
     let previous = format!("{}{}", secrets[2], "=");
     let base = MINIMAL.replace("gw-secret", secrets[0]).replace(
         "[session]",
-        &format!("[session]\nprevious_secrets = [\"{previous}\"]\nstore = \"redis\"\nredis_url = \"redis://user:{}@cache.internal:6379/0\"", secrets[3]),
+        &format!(
+            "[session]\nprevious_secrets = [\"{previous}\"]\nstore = \"redis\"\nredis_url = \"redis://user:{}@cache.internal:6379/0\"",
+            secrets[3]
+        ),
     );
     let variants = [
         base.clone(),
-        base.replace(&format!("redis://user:{}@cache.internal:6379/0", secrets[3]), &format!("redis+unix:///run/redis.sock?db=1&password={}", secrets[4])),
+        base.replace(
+            &format!("redis://user:{}@cache.internal:6379/0", secrets[3]),
+            &format!("redis+unix:///run/redis.sock?db=1&password={}", secrets[4]),
+        ),
         base.replace(&format!("redis://user:{}@cache.internal:6379/0", secrets[3]), &format!("redis://{}@cache.internal", secrets[5])),
     ];
     for text in variants {
