@@ -322,7 +322,7 @@ start_gateway() { # start_gateway memory|redis [BINARY [PREFIX...]]: PREFIX wrap
     echo "[session]"
     echo "store = \"$store\""
     [[ $store == redis ]] && echo "redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
-    echo "secret = \"bench-secret-bench-secret-bench-secret-0\""
+    echo "secret = \"gFgAXeFRbSs0IoM9EmKY5LVt1TM0MSrS7CFdQ9qSM6X/R1CSz4b+JAWNYMUR/BvA\""
     echo "[[routes]]"
     echo "prefix = \"/\""
     echo "upstream = \"http://127.0.0.1:$UP_PORT\""

@@ -1,5 +1,5 @@
 //! Command line: `portcullis [--config FILE]`, `portcullis check-config FILE`,
-//! `portcullis demo [OPTIONS]`, `portcullis dev-op [OPTIONS]`.
+//! `portcullis demo [OPTIONS]`, `portcullis dev-op [OPTIONS]`, `portcullis generate-secret`.
 
 use std::path::PathBuf;
 
@@ -31,6 +31,8 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run the development OpenID Provider alone (for testing any relying party). Development only.
     DevOp(Box<portcullis_dev_op::DevOpArgs>),
+    /// Print a new `session.secret`: 48 random bytes, base64.
+    GenerateSecret,
 }
 
 impl Cli {
@@ -42,6 +44,10 @@ impl Cli {
             }
             Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
             Command::DevOp(args) => runtime()?.block_on(dev_op(*args)),
+            Command::GenerateSecret => {
+                println!("{}", portcullis::config::generate_secret());
+                Ok(())
+            }
             Command::CheckConfig { file } => {
                 let config = load(&file)?;
                 println!(

@@ -1,6 +1,10 @@
 //! `/healthz` (the process answers) and `/readyz` (it can log users in and serve sessions).
+//!
+//! `/readyz` is public (load balancers probe it without credentials), so it says only *which*
+//! dependency is down. The reason (a Redis error naming host and port, an authentication
+//! failure) goes to the log at warn, once per change of state rather than once per probe.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::{Json, extract::State, response::IntoResponse};
 use http::StatusCode;
@@ -10,8 +14,33 @@ use serde_json::json;
 /// What readiness depends on.
 #[derive(Clone)]
 pub(crate) struct Readiness {
-    pub(crate) provider: ProviderHandle,
-    pub(crate) redis: Option<Arc<RedisStore>>,
+    provider: ProviderHandle,
+    redis: Option<Arc<RedisStore>>,
+    /// The last store error logged (`None`: the store answered last time), so a probe every
+    /// second against a dead Redis logs once, and the recovery once.
+    last_store_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Readiness {
+    pub(crate) fn new(provider: ProviderHandle, redis: Option<Arc<RedisStore>>) -> Self {
+        Self { provider, redis, last_store_error: Arc::default() }
+    }
+
+    /// Logs a change of the store's state: the error at warn, the recovery at info.
+    fn note_store(&self, result: &Result<(), String>) {
+        let mut last = self.last_store_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Err(e) if last.as_deref() != Some(e.as_str()) => {
+                tracing::warn!(error = %e, "readiness: the session store does not answer");
+                *last = Some(e.clone());
+            }
+            Ok(()) if last.is_some() => {
+                tracing::info!("readiness: the session store answers again");
+                *last = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Liveness: answers as long as the process serves HTTP, whatever the OP or store do.
@@ -19,18 +48,21 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the OP has been discovered and the store answers.
+/// Readiness: the OP has been discovered and the store answers. The body names the
+/// dependencies and their state only (`ok` or `unavailable`), never an error text.
 pub(crate) async fn readyz(State(ready): State<Readiness>) -> impl IntoResponse {
     let provider = ready.provider.get().is_some();
     let store = match &ready.redis {
         Some(redis) => redis.ping().await.map_err(|e| e.to_string()),
         None => Ok(()),
     };
+    ready.note_store(&store);
     let ok = provider && store.is_ok();
+    let state = |up: bool| if up { "ok" } else { "unavailable" };
     let body = json!({
         "ready": ok,
-        "identity_provider": if provider { "discovered" } else { "not reachable yet" },
-        "session_store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
+        "identity_provider": state(provider),
+        "session_store": state(store.is_ok()),
     });
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

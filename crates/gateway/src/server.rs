@@ -8,7 +8,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
-use axum::serve::ListenerExt;
 use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
@@ -17,6 +16,8 @@ use portcullis::{
 use tokio::net::TcpListener;
 
 use crate::{app, health::Readiness};
+
+mod connections;
 
 /// Runs until SIGINT/SIGTERM, then drains in-flight requests.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
@@ -38,16 +39,10 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     let (router, discovery) = build(&config)?;
     tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url, store = ?config.session.store, routes = config.routes.len(), "portcullis listening");
-    // TCP_NODELAY on accepted connections: responses are written whole, and Nagle would hold
-    // back the last segment of each one until the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await;
+    connections::serve(listener, router, &config.server, shutdown).await;
     // Discovery retries forever while the OP is down; a stopped gateway has no use for it
     // (in the demo, other gateways go on running in the same process).
     discovery.abort();
-    served.context("server error")?;
     tracing::info!(public_url = %config.public_url, "portcullis stopped");
     Ok(())
 }
@@ -68,7 +63,7 @@ fn build(config: &Config) -> anyhow::Result<(Router, tokio::task::JoinHandle<()>
     let post_logout = config.oidc.post_logout_redirect_url.clone().unwrap_or_else(|| config.public_url.clone());
     let discovery = provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
     let auth = Authenticator::new(config, store, provider.clone());
-    Ok((app::router(config, auth, Readiness { provider, redis }), discovery))
+    Ok((app::router(config, auth, Readiness::new(provider, redis)), discovery))
 }
 
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.

@@ -189,7 +189,7 @@ async fn tokens_and_secrets_never_reach_the_log() {
     browser.sign_out(&s.gateway.url()).await;
     let log = s.gateway.log_text();
     assert!(log.contains("logged in") && log.contains("logged out"), "{log}");
-    for secret in tokens.iter().chain([&cookie, &portcullis_testkit::CLIENT_SECRET.to_string(), &"test-secret-test-secret".to_string()]) {
+    for secret in tokens.iter().chain([&cookie, &portcullis_testkit::CLIENT_SECRET.to_string(), &"or9UtaSFLwIWWCKa2M8yYFb".to_string()]) {
         assert!(!log.contains(secret.as_str()), "the log leaks a secret");
     }
     let id_part = cookie.split('.').nth(1).unwrap();

@@ -98,7 +98,7 @@ pub enum PathParameters {
 }
 
 /// The OpenID Provider and the client registration.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     /// Issuer URL; metadata is discovered at `<issuer>/.well-known/openid-configuration`.
@@ -172,7 +172,7 @@ pub enum StoreKind {
 }
 
 /// Session storage and cookie behaviour.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// Where sessions live.
@@ -206,6 +206,101 @@ pub struct SessionConfig {
     /// Timeout of one store operation; a slow store answers 503 instead of hanging requests.
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     pub store_timeout: Duration,
+}
+
+// `Debug` by hand for the two structs holding secrets, so that a `{:?}` of the config (in a log
+// line, a panic, a test failure) never shows one. The destructuring lists every field without
+// `..`: a field added later does not compile until it is placed here, redacted or not.
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            issuer,
+            client_id,
+            client_secret,
+            client_secret_file,
+            auth_method,
+            scopes,
+            user_claim,
+            id_token_algorithms,
+            clock_skew,
+            http_timeout,
+            extra_auth_params,
+            post_logout_redirect_url,
+            allow_unverified_email,
+            jwks_refresh_interval,
+            discovery_refresh_interval,
+        } = self;
+        f.debug_struct("OidcConfig")
+            .field("issuer", &issuer.as_str())
+            .field("client_id", client_id)
+            .field("client_secret", &client_secret.as_ref().map(|_| REDACTED))
+            .field("client_secret_file", client_secret_file)
+            .field("auth_method", auth_method)
+            .field("scopes", scopes)
+            .field("user_claim", user_claim)
+            .field("id_token_algorithms", id_token_algorithms)
+            .field("clock_skew", clock_skew)
+            .field("http_timeout", http_timeout)
+            // Extra authorization parameters are sent in the browser's URL: not secrets.
+            .field("extra_auth_params", extra_auth_params)
+            .field("post_logout_redirect_url", &post_logout_redirect_url.as_ref().map(Url::as_str))
+            .field("allow_unverified_email", allow_unverified_email)
+            .field("jwks_refresh_interval", jwks_refresh_interval)
+            .field("discovery_refresh_interval", discovery_refresh_interval)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            store,
+            redis_url,
+            secret,
+            secret_file,
+            previous_secrets,
+            cookie_name,
+            idle_timeout,
+            absolute_timeout,
+            login_timeout,
+            store_timeout,
+        } = self;
+        f.debug_struct("SessionConfig")
+            .field("store", store)
+            .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("secret", &secret.as_ref().map(|_| REDACTED))
+            .field("secret_file", secret_file)
+            .field("previous_secrets", &format_args!("[{} redacted]", previous_secrets.len()))
+            .field("cookie_name", cookie_name)
+            .field("idle_timeout", idle_timeout)
+            .field("absolute_timeout", absolute_timeout)
+            .field("login_timeout", login_timeout)
+            .field("store_timeout", store_timeout)
+            .finish()
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// A Redis URL without its password: the user-info password and the whole query (redis-rs
+/// also reads `?password=` / `?pass=` on `redis+unix://`) are replaced. A URL that does not
+/// parse is not shown at all.
+fn redact_url(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some(REDACTED));
+            } else if !url.username().is_empty() {
+                // `redis://secret@host`: a lone user-info may be a password missing its colon.
+                let _ = url.set_username(REDACTED);
+            }
+            if url.query().is_some() {
+                url.set_query(Some(REDACTED));
+            }
+            url.to_string()
+        }
+        Err(_) => REDACTED.to_string(),
+    }
 }
 
 /// When and how tokens are refreshed.
@@ -484,12 +579,12 @@ impl Config {
             crate::oidc::id_token::parse_allowed_algorithm(alg).map_err(|e| invalid("oidc.id_token_algorithms", e))?;
         }
         match &self.session.secret {
-            Some(s) if s.len() >= 32 => {}
-            Some(_) => return Err(invalid("session.secret", "must be at least 32 bytes (e.g. `openssl rand -base64 48`)")),
+            Some(s) => secret_strength::check(s).map_err(|problem| invalid("session.secret", problem))?,
             None => return Err(invalid("session.secret", "missing (set it, session.secret_file, or PORTCULLIS_SESSION__SECRET)")),
         }
-        if self.session.previous_secrets.iter().any(|s| s.len() < 32) {
-            return Err(invalid("session.previous_secrets", "every secret must be at least 32 bytes"));
+        // An old secret still opens cookie-store sessions: as much a key as the current one.
+        for (i, s) in self.session.previous_secrets.iter().enumerate() {
+            secret_strength::check(s).map_err(|problem| invalid(&format!("session.previous_secrets[{i}]"), problem))?;
         }
         if self.session.store == StoreKind::Redis && self.session.redis_url.is_none() {
             return Err(invalid("session.redis_url", "required when session.store = \"redis\""));
@@ -582,6 +677,15 @@ fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
         .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
 }
+
+/// A new `session.secret`: 48 random bytes from the OS generator, base64 (64 characters), as
+/// `portcullis generate-secret` prints it.
+pub fn generate_secret() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(crate::crypto::random_bytes::<48>())
+}
+
+mod secret_strength;
 
 #[cfg(test)]
 mod tests;

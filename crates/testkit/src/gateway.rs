@@ -44,7 +44,7 @@ impl GatewayOptions {
 
     fn toml(&self) -> String {
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{public_url}\"\n\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\n[session]\nstore = \"{store}\"\nsecret = \"test-secret-test-secret-test-secret-0123\"\n",
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{public_url}\"\n\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\n[session]\nstore = \"{store}\"\nsecret = \"or9UtaSFLwIWWCKa2M8yYFbdgSrKZIR1sOASg3as6p0xWE9bgkwx7YJudagrJOcd\"\n",
             port = self.port,
             public_url = self.public_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", self.port)),
             issuer = self.issuer,
@@ -121,6 +121,14 @@ impl Gateway {
     /// Everything the gateway logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asks the process to stop (SIGTERM), as an orchestrator would: it drains and exits.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+            assert!(status.success());
+        }
     }
 
     /// Kills the process at once (SIGKILL), as a crash or an OOM kill would.

@@ -1,0 +1,406 @@
+//! The accept loop and the life of one client connection: what `axum::serve` did, plus the
+//! limits it has no knobs for (issue 7, slow and abusive clients).
+//!
+//! - **Connection limit** (`server.max_connections`): a semaphore permit is taken *before*
+//!   `accept`, so connection number N+1 waits in the kernel's listen backlog instead of being
+//!   accepted and then starved. The permit lives inside the socket wrapper, so an upgraded
+//!   (WebSocket) connection keeps holding it until the socket closes.
+//! - **Head and idle clocks** (`server.header_read_timeout`, `server.keep_alive_timeout`): see
+//!   [`Clock`]. hyper 1.x has one HTTP/1 timer, `header_read_timeout`, armed both when a
+//!   connection opens and whenever it goes idle after a response, so it cannot tell "slow head"
+//!   from "idle keep-alive": with it, idle connections would close after the (short) head
+//!   timeout. It is switched off here and both clocks are kept per connection instead.
+//! - **Head size** (`server.max_header_bytes`): HTTP/1 `max_buf_size` (hyper answers `431` and
+//!   closes when the read buffer fills before the head is complete); HTTP/2
+//!   `max_header_list_size` (advertised in SETTINGS; the h2 crate refuses a larger header
+//!   list on that stream).
+//! - **HTTP/2 limits**: `max_concurrent_streams` (`server.h2_max_concurrent_streams`, advertised
+//!   in SETTINGS), `max_pending_accept_reset_streams` and `max_local_error_reset_streams` (a
+//!   client that opens and resets streams faster than they are served, CVE-2023-44487 "rapid
+//!   reset", or provokes resets, gets GOAWAY), and PING keep-alive on busy connections so a
+//!   dead peer does not pin its streams forever.
+//! - Errors on one connection are logged at debug and end that connection only; an `accept`
+//!   error such as EMFILE backs off (50 ms doubling to 1 s) instead of spinning.
+//! - Shutdown: stop accepting (the listener is closed), ask every connection to finish
+//!   gracefully (HTTP/1: after the response in flight; HTTP/2: GOAWAY), wait for them.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{Router, extract::ConnectInfo};
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto::Builder,
+};
+use portcullis::config::ServerConfig;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tower::ServiceExt;
+
+/// After the gateway asked a connection to close (idle, or HTTP/2 past its head clock), it
+/// gets this long to say GOAWAY and finish before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Accepts and serves connections on `listener` until `shutdown` resolves, then waits for the
+/// connections in flight to finish.
+pub(super) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let builder = Arc::new(builder(limits));
+    let clocks = ClockSettings { header_read: limits.header_read_timeout, keep_alive: limits.keep_alive_timeout };
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+    let mut backoff = Duration::ZERO;
+    loop {
+        // The permit first: past the limit, connections stay in the backlog, not accepted.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = Duration::ZERO;
+                accepted
+            }
+            // The client gave up between SYN and accept: nothing wrong with us.
+            Err(e) if is_connection_error(&e) => continue,
+            // EMFILE, ENFILE, ENOMEM…: accepting again at once would spin on the same error.
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot accept connections");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => continue,
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        // TCP_NODELAY: responses are written whole, and Nagle would hold back the last segment
+        // of each one until the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        connections.spawn(connection(builder.clone(), stream, peer, permit, router.clone(), clocks, stop_rx.clone()));
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::debug!(connections = connections.len(), "not accepting; waiting for connections in flight");
+    while connections.join_next().await.is_some() {}
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
+}
+
+/// HTTP/1 and HTTP/2 (prior knowledge), with the limits of `server.*`.
+fn builder(limits: &ServerConfig) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        // Our own clocks (see the module doc); hyper's would close idle connections early.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(limits.keep_alive_timeout)
+        .keep_alive_timeout(Duration::from_secs(20))
+        // Extended CONNECT (RFC 8441), as `axum::serve` enabled: WebSocket over HTTP/2.
+        .enable_connect_protocol();
+    builder
+}
+
+/// Serves one connection until it ends, its clock runs out, or the gateway stops.
+async fn connection(
+    builder: Arc<Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    router: Router,
+    settings: ClockSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let clock = Arc::new(Clock::new(settings));
+    let io = TokioIo::new(Metered { inner: stream, clock: clock.clone(), _permit: permit });
+    let service_clock = clock.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let in_flight = service_clock.request_started(req.version() == Version::HTTP_2);
+        // What `into_make_service_with_connect_info` did: the boundary and the proxy read it.
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let response = router.clone().oneshot(req);
+        async move {
+            let response = response.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, in_flight: Some(in_flight) }))
+        }
+    });
+    let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
+    let mut closing = false;
+    let mut grace: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            expiry = clock.expired(), if grace.is_none() => {
+                // HTTP/1 past its head clock: a slow or stalled client, dropped at once (hyper's
+                // graceful shutdown would wait for the head it is still reading).
+                if closing || (expiry == Expiry::Head && !clock.is_h2()) {
+                    tracing::debug!(%peer, ?expiry, "closing the connection: its clock ran out");
+                    break;
+                }
+                // Idle, or HTTP/2 without a request in time: GOAWAY, so a client that raced a
+                // new request knows it was not processed and may retry it.
+                tracing::debug!(%peer, ?expiry, "asking the connection to close: its clock ran out");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                grace = Some(Instant::now() + CLOSE_GRACE);
+            }
+            () = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => {
+                if clock.is_idle() {
+                    break;
+                }
+                // A request made it in before GOAWAY: let it finish; the clock ends the
+                // connection once it is idle again.
+                grace = None;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClockSettings {
+    header_read: Duration,
+    keep_alive: Duration,
+}
+
+/// Which limit a connection ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head was not complete within `header_read_timeout` (counted from the
+    /// connection's start, or from the first byte after an idle period).
+    Head,
+    /// No request for `keep_alive_timeout` after the last response.
+    Idle,
+}
+
+/// The per-connection clock: in flight (no limit here: bodies and upstream time have their own),
+/// reading a head (since when), or idle (since when).
+///
+/// - A new connection must deliver a complete request head within `header_read_timeout`, as
+///   nginx's `client_header_timeout` (a client that connects and sends nothing, or half a head,
+///   is dropped: slowloris).
+/// - Between requests, an idle connection is closed after `keep_alive_timeout`; the first
+///   byte of a next HTTP/1 request starts the head clock again.
+/// - HTTP/2 carries frames other than heads on an idle connection (WINDOW_UPDATE, PING
+///   acknowledgements), so there only the idle clock runs between requests; head size and
+///   stream abuse are the h2 limits' job.
+///
+/// "In flight" lasts from the request head until the response body has ended or been
+/// dropped, so a long download or event stream is not idle. Pipelined HTTP/1 requests read
+/// ahead while one is in flight start their head clock only once the connection is idle.
+struct Clock {
+    settings: ClockSettings,
+    state: Mutex<ClockState>,
+    changed: Notify,
+}
+
+struct ClockState {
+    in_flight: usize,
+    h2: bool,
+    head_since: Option<Instant>,
+    idle_since: Instant,
+}
+
+impl Clock {
+    fn new(settings: ClockSettings) -> Self {
+        let now = Instant::now();
+        Self {
+            settings,
+            state: Mutex::new(ClockState { in_flight: 0, h2: false, head_since: Some(now), idle_since: now }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_h2(&self) -> bool {
+        self.state().h2
+    }
+
+    fn is_idle(&self) -> bool {
+        self.state().in_flight == 0
+    }
+
+    /// Bytes arrived from the client.
+    fn bytes_read(&self) {
+        let mut state = self.state();
+        if state.in_flight == 0 && state.head_since.is_none() && !state.h2 {
+            state.head_since = Some(Instant::now());
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request head was parsed; the returned guard ends the request when dropped.
+    fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.head_since = None;
+        state.h2 |= h2;
+        drop(state);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    fn request_ended(&self) {
+        let mut state = self.state();
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            state.idle_since = Instant::now();
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    fn deadline(&self) -> Option<(Instant, Expiry)> {
+        let state = self.state();
+        if state.in_flight > 0 {
+            return None;
+        }
+        Some(match state.head_since {
+            Some(since) => (since + self.settings.header_read, Expiry::Head),
+            None => (state.idle_since + self.settings.keep_alive, Expiry::Idle),
+        })
+    }
+
+    /// Resolves once the connection has passed its current deadline. Cancel-safe: a change
+    /// notified while nobody waits is kept (`Notify` stores one permit) for the next call.
+    async fn expired(&self) -> Expiry {
+        loop {
+            match self.deadline() {
+                None => self.changed.notified().await,
+                Some((at, expiry)) if at <= Instant::now() => return expiry,
+                Some((at, _)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection.
+struct InFlight(Arc<Clock>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// A response body that ends its request (on the clock) when it ends or is dropped.
+struct Tracked<B> {
+    body: B,
+    in_flight: Option<InFlight>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client socket, telling the clock when bytes arrive; holds the connection's permit for
+/// as long as the socket lives (including after an upgrade).
+struct Metered {
+    inner: TcpStream,
+    clock: Arc<Clock>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.clock.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,231 @@
+//! Is a configured session secret random key material?
+//!
+//! `session.secret` keys the cookie MAC, the login binding and the cookie store's AES-256-GCM:
+//! whoever guesses it forges sessions. A length check alone lets through the values people
+//! copy from documentation and the passphrases they type, so a secret is refused when:
+//!
+//! 1. it is shorter than 32 bytes;
+//! 2. it is one of the example values the project's documentation and test configs have
+//!    shown ([`PUBLISHED`]): published means known to every attacker;
+//! 3. it has fewer than 10 distinct bytes (`aaaa…`, `abab…`);
+//! 4. its estimated strength is below 128 bits.
+//!
+//! The estimate is deliberately simple and pessimistic about text, generous about noise. It is
+//! the lower of two readings of the secret:
+//!
+//! - **As characters, with repeats folded** (an LZ77-style parse): each byte costs
+//!   `log2(min(alphabet, distinct bytes))` bits, where the alphabet is 16 for hex and otherwise
+//!   the union of the classes present (10 digits, 26 lowercase, 26 uppercase, 33 other printable
+//!   ASCII, 128 more for non-ASCII bytes); a run of 4 or more bytes that repeats earlier text costs
+//!   12 bits in all (where and how long), whatever its length.
+//! - **As words**: split at non-alphanumeric bytes (each separator costs 1 bit). A token of
+//!   letters made of words of 3+ letters in one case (`secret`, `SECRET`, `Secret`,
+//!   `CorrectHorseBattery`) is text: 2 bits per letter (generous: Shannon estimated about 1
+//!   bit per letter of English). This reading applies only when such text tokens hold at least
+//!   half of the letters and digits. Digits cost log2(10) each, other tokens their characters' bits; a
+//!   token seen before costs 2 bits.
+//!
+//! `openssl rand -base64 32` (≈ 200 bits by this estimate), `-base64 48`, `-hex 32` and
+//! `portcullis generate-secret` always pass (a randomized test checks thousands of each). What
+//! may be refused although random: short hex such as `openssl rand -hex 16` (32 hex digits are
+//! exactly 128 bits, less after the distinct-byte cap), or letters of one case only below 64
+//! letters; the error says how to generate a secret that passes.
+
+/// Values shown in the README, the example config, the benchmarks and the test suites of this
+/// project (compared after trimming, ignoring ASCII case).
+pub(crate) const PUBLISHED: &[&str] = &[
+    "at least 32 bytes of random key material",
+    "change-me-change-me-change-me-change-me",
+    "test-secret-test-secret-test-secret-0123",
+    "bench-secret-bench-secret-bench-secret-0",
+    "0123456789abcdef0123456789abcdef",
+];
+
+/// Minimum estimated strength, in bits.
+pub(crate) const MIN_BITS: f64 = 128.0;
+
+/// What to tell the operator instead.
+const HOW: &str = "generate one with `portcullis generate-secret` or `openssl rand -base64 48`";
+
+/// Only the first this many bytes are examined (the parse is quadratic); a longer secret
+/// passes on its first 512 bytes or not at all.
+const EXAMINED: usize = 512;
+
+/// `Ok` if `secret` looks like random key material; otherwise why not (never the secret itself).
+pub(crate) fn check(secret: &str) -> Result<(), String> {
+    if secret.len() < 32 {
+        return Err(format!("must be at least 32 bytes of random key material; {HOW}"));
+    }
+    let trimmed = secret.trim();
+    if PUBLISHED.iter().any(|p| p.eq_ignore_ascii_case(trimmed)) {
+        return Err(format!("is an example value from the documentation, known to everyone; {HOW}"));
+    }
+    let bytes = &secret.as_bytes()[..secret.len().min(EXAMINED)];
+    let distinct = distinct(bytes);
+    if distinct < 10 {
+        return Err(format!("uses only {distinct} distinct characters: not random key material; {HOW}"));
+    }
+    let bits = estimated_bits(bytes);
+    if bits < MIN_BITS {
+        return Err(format!(
+            "looks like text or a pattern, not random key material (about {bits:.0} bits by Portcullis's estimate, {MIN_BITS:.0} needed); {HOW}"
+        ));
+    }
+    Ok(())
+}
+
+fn distinct(bytes: &[u8]) -> usize {
+    let mut seen = [false; 256];
+    bytes.iter().for_each(|&b| seen[usize::from(b)] = true);
+    seen.iter().filter(|&&s| s).count()
+}
+
+/// The lower of the character and word readings (see the module doc).
+pub(crate) fn estimated_bits(bytes: &[u8]) -> f64 {
+    let per_char = (alphabet(bytes).min(distinct(bytes)) as f64).log2();
+    as_characters(bytes, per_char).min(as_words(bytes, per_char))
+}
+
+fn alphabet(bytes: &[u8]) -> usize {
+    if bytes.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        || bytes.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
+    {
+        return 16;
+    }
+    let has = |f: fn(&u8) -> bool| bytes.iter().any(f);
+    let mut size = 0;
+    if has(u8::is_ascii_digit) {
+        size += 10;
+    }
+    if has(u8::is_ascii_lowercase) {
+        size += 26;
+    }
+    if has(u8::is_ascii_uppercase) {
+        size += 26;
+    }
+    if has(|b| b.is_ascii() && !b.is_ascii_alphanumeric()) {
+        size += 33;
+    }
+    if has(|b| !b.is_ascii()) {
+        size += 128;
+    }
+    size
+}
+
+/// Literals at `per_char` bits; a repeat of 4+ earlier bytes costs 12 bits.
+fn as_characters(bytes: &[u8], per_char: f64) -> f64 {
+    const MIN_MATCH: usize = 4;
+    const MATCH_BITS: f64 = 12.0;
+    let mut bits = 0.0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let longest = (0..i).map(|j| bytes[j..].iter().zip(&bytes[i..]).take_while(|(a, b)| a == b).count()).max().unwrap_or(0);
+        if longest >= MIN_MATCH {
+            bits += MATCH_BITS;
+            i += longest;
+        } else {
+            bits += per_char;
+            i += 1;
+        }
+    }
+    bits
+}
+
+/// Separators 1 bit; text tokens 2 bits per letter; digits log2(10); repeats 2 bits.
+fn as_words(bytes: &[u8], per_char: f64) -> f64 {
+    let tokens = || bytes.split(|b| !b.is_ascii_alphanumeric()).filter(|t| !t.is_empty());
+    // Text-like only if text tokens hold at least half the letters and digits: a random
+    // string's occasional `abc` between two `/` is not a passphrase.
+    let text: usize = tokens().filter(|t| is_text(t)).map(<[u8]>::len).sum();
+    let alphanumeric: usize = tokens().map(<[u8]>::len).sum();
+    if text * 2 < alphanumeric {
+        return f64::INFINITY;
+    }
+    let mut bits = 0.0;
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for token in tokens() {
+        if seen.contains(&token) {
+            bits += 2.0;
+            continue;
+        }
+        seen.push(token);
+        bits += if is_text(token) {
+            2.0 * token.len() as f64
+        } else if token.iter().all(u8::is_ascii_digit) {
+            10f64.log2() * token.len() as f64
+        } else {
+            per_char * token.len() as f64
+        };
+    }
+    let separators = bytes.iter().filter(|b| !b.is_ascii_alphanumeric()).count();
+    bits + separators as f64
+}
+
+/// Letters only, made of words of 3 or more letters each in one case: `secret`, `SECRET`,
+/// `Secret`, `CorrectHorseBattery` (words start where a capital follows a small letter). Random
+/// base64 rarely has such a run, and never a long one.
+fn is_text(token: &[u8]) -> bool {
+    if token.len() < 3 || !token.iter().all(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    let mut start = 0;
+    for i in 1..=token.len() {
+        if i == token.len() || (token[i].is_ascii_uppercase() && token[i - 1].is_ascii_lowercase()) {
+            let word = &token[start..i];
+            let one_case = word[1..].iter().all(u8::is_ascii_lowercase) || word.iter().all(u8::is_ascii_uppercase);
+            if word.len() < 3 || !one_case {
+                return false;
+            }
+            start = i;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+
+    use super::*;
+    use crate::crypto::random_bytes;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Random key material in the forms the docs recommend always passes. Randomized with the
+    /// OS generator, many samples of each (the estimate's margin is large: ~200 bits for the
+    /// shortest form, against 128 needed).
+    #[test]
+    fn random_key_material_always_passes() {
+        for _ in 0..3000 {
+            let samples = [
+                STANDARD.encode(random_bytes::<32>()),     // openssl rand -base64 32
+                STANDARD.encode(random_bytes::<48>()),     // openssl rand -base64 48, generate-secret
+                hex(&random_bytes::<32>()),                // openssl rand -hex 32
+                hex(&random_bytes::<32>()).to_uppercase(), // the same, upper case
+                crate::config::generate_secret(),
+            ];
+            for s in samples {
+                assert_eq!(check(&s), Ok(()), "{s} (estimated {:.0} bits)", estimated_bits(s.as_bytes()));
+            }
+        }
+    }
+
+    /// The spread of the estimate over random samples, for the docs:
+    /// `cargo test -p portcullis --lib secret_strength -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn distribution_of_the_estimate() {
+        for (name, make) in [
+            ("openssl rand -base64 32", (|| STANDARD.encode(random_bytes::<32>())) as fn() -> String),
+            ("openssl rand -base64 48", || STANDARD.encode(random_bytes::<48>())),
+            ("openssl rand -hex 32", || hex(&random_bytes::<32>())),
+        ] {
+            let mut bits: Vec<f64> = (0..200_000).map(|_| estimated_bits(make().as_bytes())).collect();
+            bits.sort_by(f64::total_cmp);
+            let at = |q: f64| bits[((bits.len() - 1) as f64 * q) as usize];
+            println!("{name}: min {:.0}, 0.01% {:.0}, 1% {:.0}, median {:.0} bits", at(0.0), at(0.0001), at(0.01), at(0.5));
+        }
+    }
+}
