@@ -212,20 +212,18 @@ mod tests {
         }
     }
 
-    /// The spread of the estimate over random samples, for the docs:
-    /// `cargo test -p portcullis --lib secret_strength -- --ignored --nocapture`.
+    /// Random key material clears the threshold by a wide margin, not by luck: over 200,000
+    /// samples each the lowest estimates were 196 (base64 32), 308 (base64 48) and 229 (hex 32)
+    /// bits against the 128-bit threshold; here 5,000 samples must stay above 160.
     #[test]
-    #[ignore = "a measurement, not a check"]
-    fn distribution_of_the_estimate() {
+    fn random_key_material_clears_the_threshold_with_margin() {
         for (name, make) in [
             ("openssl rand -base64 32", (|| STANDARD.encode(random_bytes::<32>())) as fn() -> String),
             ("openssl rand -base64 48", || STANDARD.encode(random_bytes::<48>())),
             ("openssl rand -hex 32", || hex(&random_bytes::<32>())),
         ] {
-            let mut bits: Vec<f64> = (0..200_000).map(|_| estimated_bits(make().as_bytes())).collect();
-            bits.sort_by(f64::total_cmp);
-            let at = |q: f64| bits[((bits.len() - 1) as f64 * q) as usize];
-            println!("{name}: min {:.0}, 0.01% {:.0}, 1% {:.0}, median {:.0} bits", at(0.0), at(0.0001), at(0.01), at(0.5));
+            let min = (0..5_000).map(|_| estimated_bits(make().as_bytes())).fold(f64::INFINITY, f64::min);
+            assert!(min > 160.0, "{name}: lowest estimate {min:.0} bits");
         }
     }
 }
