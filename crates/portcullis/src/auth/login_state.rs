@@ -121,7 +121,13 @@ pub(crate) struct PresentLogin {
     pub(crate) login: Option<LoginState>,
 }
 
-/// Every login cookie in the request (names starting with `prefix`), opened.
+/// Login cookies looked at per request: a browser has at most `MAX_PENDING_LOGINS` plus a few
+/// dead ones; a hand-made request with thousands must not buy thousands of decryptions and
+/// `Set-Cookie` lines.
+const MAX_EXAMINED: usize = 4 * MAX_PENDING_LOGINS;
+
+/// The login cookies in the request (names starting with `prefix`, at most `MAX_EXAMINED`),
+/// opened.
 pub(crate) fn present(headers: &HeaderMap, prefix: &str, sealer: &LoginSealer) -> Vec<PresentLogin> {
     let mut seen: Vec<PresentLogin> = Vec::new();
     let pairs = headers
@@ -135,6 +141,9 @@ pub(crate) fn present(headers: &HeaderMap, prefix: &str, sealer: &LoginSealer) -
         let Some(id) = name.strip_prefix(prefix) else { continue };
         if id.is_empty() || seen.iter().any(|p| p.name == name) {
             continue;
+        }
+        if seen.len() == MAX_EXAMINED {
+            break;
         }
         seen.push(PresentLogin { name: name.to_string(), login: sealer.open(value) });
     }
@@ -228,6 +237,11 @@ mod tests {
         assert_eq!(present.len(), 7);
         let clear = to_clear(present, now, 600_000);
         assert_eq!(clear, ["p_login_bad", "p_login_old", "p_login_0"], "dead ones, then the oldest live one");
+
+        let mut headers = HeaderMap::new();
+        let many: Vec<String> = (0..1000).map(|i| format!("p_login_{i}=x")).collect();
+        headers.insert(header::COOKIE, many.join("; ").parse().unwrap());
+        assert_eq!(to_clear(self::present(&headers, "p_login_", &sealer), now, 600_000).len(), MAX_EXAMINED, "bounded work per request");
 
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, format!("p_login_a={}", sealer.seal(&login("a", now))).parse().unwrap());
