@@ -198,7 +198,7 @@ rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 dbsize() { redis-cli -p "$REDIS_PORT" DBSIZE; }
 redis_used() { redis-cli -p "$REDIS_PORT" INFO memory | awk -F: '/^used_memory:/ { gsub("\r", ""); print $2 }'; }
 
-# wrk stops after N responses (one thread: the count is exact up to the requests in flight).
+# wrk stops sending after N responses (one thread: exact up to the requests in flight).
 cat >"$WORK/count.lua" <<'EOF'
 local n, limit, codes = 0, tonumber(os.getenv("FLOOD_N")), {}
 counter = 0
@@ -216,10 +216,28 @@ done = function(summary)
 end
 EOF
 
-flood() { # flood N OUT
-  FLOOD_N=$1 wrk -t1 -c"$CONNECTIONS" -d600s -s "$WORK/count.lua" "$GW/" >"$2"
+# wrk runs for its whole -d even after the script has stopped the thread, so -d is sized from
+# the rate of the previous run (RATE, requests/s), with room to spare; a run that still falls
+# short is topped up. SENT_TOTAL counts every answer.
+RATE=""
+wrk_run() { # wrk_run N SECONDS OUT
+  FLOOD_N=$1 wrk -t1 -c"$CONNECTIONS" -d"$2"s -s "$WORK/count.lua" "$GW/" >"$3"
   # Every answer must be the 302 to the OP: anything else would not be a login start.
-  if grep -q "Non-2xx or 3xx" "$2"; then die "non-3xx answers during the flood: $(cat "$2")"; fi
+  if grep -q "Non-2xx or 3xx" "$3"; then die "non-3xx answers during the flood: $(cat "$3")"; fi
+  RATE=$(awk '/^Requests\/sec:/ { print int($2) }' "$3")
+  ANSWERED=$(awk '/^responses:/ { print $2 }' "$3")
+}
+flood() { # flood N OUT
+  local want=$1 out=$2 got=0 secs try=0
+  [[ -n $RATE ]] || { wrk_run 1000000000 3 "$out.probe"; got=$((got + ANSWERED)); }
+  while ((got < want)); do
+    ((try++ < 5)) || die "could not send $want requests"
+    secs=$(( (want - got) * 10 / (RATE * 7 + 1) + 2 ))
+    ((secs <= 600)) || secs=600
+    wrk_run $((want - got)) "$secs" "$out.$try"
+    got=$((got + ANSWERED))
+  done
+  SENT_TOTAL=$got
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' "$GW/oauth2/start?rd=/check")
   [[ $code == 302 ]] || die "/oauth2/start answered $code"
@@ -237,7 +255,7 @@ for store in $STORES; do
   t0=$SECONDS
   flood "$REQUESTS" "$WORK/flood-$store.txt"
   SECS[$store]=$((SECONDS - t0))
-  SENT[$store]=$(awk '/^responses:/ { print $2 }' "$WORK/flood-$store.txt")
+  SENT[$store]=$SENT_TOTAL
   sleep 1
   RSS1[$store]=$(rss_kb "$GW_PID") KEYS1[$store]=$(dbsize) USED1[$store]=$(redis_used)
   log "$store: after ${SENT[$store]} starts in ${SECS[$store]} s: VmRSS ${RSS1[$store]} kB, DBSIZE ${KEYS1[$store]}"
