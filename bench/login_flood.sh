@@ -272,7 +272,7 @@ table=$(
   echo
   echo "\`bash bench/login_flood.sh\`: $REQUESTS × \`GET /oauth2/start\` per store (wrk -t1 -c$CONNECTIONS, after $WARMUP_REQUESTS warm-up starts); binary $(basename "$BIN"); $(nproc) cores"
   echo
-  echo "| store | starts answered | seconds | gateway VmRSS before (MB) | after (MB) | Δ (MB) | Redis DBSIZE before | after | Redis used_memory before → after (bytes) |"
+  echo "| store | starts answered | wall time (s, incl. wrk idle tail) | gateway VmRSS before (MB) | after (MB) | Δ (MB) | Redis DBSIZE before | after | Redis used_memory before → after (bytes) |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
   for store in $STORES; do
     echo "| $store | ${SENT[$store]} | ${SECS[$store]} | $(mb "${RSS0[$store]}") | $(mb "${RSS1[$store]}") | $(mb $((RSS1[$store] - RSS0[$store]))) | ${KEYS0[$store]} | ${KEYS1[$store]} | ${USED0[$store]} → ${USED1[$store]} |"

@@ -47,7 +47,8 @@ async fn sign_in_at_op(s: &Setup, browser: &Browser) {
 /// stops before the callback: the start hop and the callback URL.
 async fn attempt(s: &Setup, browser: &Browser, rd: &str) -> (Hop, Url) {
     let hops = browser.follow_until(&s.url(&format!("/oauth2/start?rd={rd}")), &is_callback).await;
-    let callback = hops.last().unwrap().location.clone().filter(is_callback).unwrap_or_else(|| panic!("did not reach the callback: {hops:#?}"));
+    let callback =
+        hops.last().unwrap().location.clone().filter(is_callback).unwrap_or_else(|| panic!("did not reach the callback: {hops:#?}"));
     (hops[0].clone(), callback)
 }
 
@@ -80,9 +81,7 @@ async fn login_flood_leaves_no_server_state() {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let paths: Vec<String> = (0..2000).map(|i| if i % 2 == 0 { format!("/oauth2/start?rd=/p{i}") } else { format!("/page{i}") }).collect();
     for chunk in paths.chunks(25) {
-        let requests = chunk.iter().map(|p| {
-            http.get(s.url(p)).header("sec-fetch-mode", "navigate").header("accept", "text/html").send()
-        });
+        let requests = chunk.iter().map(|p| http.get(s.url(p)).header("sec-fetch-mode", "navigate").header("accept", "text/html").send());
         for r in futures_util::future::join_all(requests).await {
             let r = r.unwrap();
             assert_eq!(r.status(), 302);
@@ -234,7 +233,8 @@ async fn https_login_cookie_attributes() {
     let s = Setup::start_with(Store::Memory, OpOptions::default(), |o| o.public_url = Some(format!("https://127.0.0.1:{}", o.port))).await;
     let hop = Browser::new().navigate(&s.url("/oauth2/start?rd=/x")).await;
     assert_eq!(hop.status, 302);
-    let cookie = hop.set_cookies.iter().find(|c| c.starts_with("__Host-portcullis_login_")).unwrap_or_else(|| panic!("{:?}", hop.set_cookies));
+    let cookie =
+        hop.set_cookies.iter().find(|c| c.starts_with("__Host-portcullis_login_")).unwrap_or_else(|| panic!("{:?}", hop.set_cookies));
     let attrs: Vec<&str> = cookie.split("; ").skip(1).collect();
     for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure", "Max-Age=600"] {
         assert!(attrs.contains(&attr), "{cookie} lacks {attr}");
@@ -250,8 +250,12 @@ async fn authorization_response_issuer_is_checked() {
     let discovery: serde_json::Value =
         reqwest::get(format!("{}/.well-known/openid-configuration", s.op.issuer())).await.unwrap().json().await.unwrap();
     assert_eq!(discovery["authorization_response_iss_parameter_supported"], true, "the test OP advertises RFC 9207");
-    let cases: &[(&str, Option<&str>)] =
-        &[("missing", None), ("another issuer", Some("http://127.0.0.1:1/evil")), ("trailing slash", Some("__ISSUER__/")), ("empty", Some(""))];
+    let cases: &[(&str, Option<&str>)] = &[
+        ("missing", None),
+        ("another issuer", Some("http://127.0.0.1:1/evil")),
+        ("trailing slash", Some("__ISSUER__/")),
+        ("empty", Some("")),
+    ];
     for (case, iss) in cases {
         let (browser, _, callback) = fresh_attempt(&s, "alice", "/").await;
         let sent: Vec<(String, String)> = callback.query_pairs().into_owned().collect();

@@ -3,8 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use portcullis::session::{
-    CasOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet,
-    now_millis,
+    CasOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet, now_millis,
 };
 use portcullis_testkit::Redis;
 

@@ -128,7 +128,10 @@ impl Authenticator {
         };
         let Some(login) = inner.login_sealer.open(sealed) else {
             tracing::warn!("login cookie rejected: tampered with, or not sealed by this gateway");
-            return refuse("login_state_invalid", "This login could not be verified: its cookie was changed or is not ours. Please log in again.");
+            return refuse(
+                "login_state_invalid",
+                "This login could not be verified: its cookie was changed or is not ours. Please log in again.",
+            );
         };
         if !login_state::same_state(&login.state, state) {
             tracing::warn!("login cookie belongs to another login (moved between names?)");
@@ -146,7 +149,10 @@ impl Authenticator {
             // RFC 9207 mix-up defence: the code must go to the token endpoint of the OP that
             // issued it, never to ours when another OP (or an attacker's) answered.
             tracing::warn!(error = %e, "callback refused: authorization response issuer check failed");
-            return refuse("issuer_mismatch", "This login answer did not come from the expected identity provider, so you were not logged in.");
+            return refuse(
+                "issuer_mismatch",
+                "This login answer did not come from the expected identity provider, so you were not logged in.",
+            );
         }
         let state_hash = login_state::state_hash(state);
         // Read before the OP is contacted: a replayed callback (cookie and URL kept by an

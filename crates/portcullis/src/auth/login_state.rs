@@ -193,7 +193,8 @@ mod tests {
         assert_eq!(sealer.open("garbage"), None);
         let other = LoginSealer::new([b"another secret another secret another".as_slice()]);
         assert_eq!(other.open(&sealed), None, "another deployment's key");
-        let rotated = LoginSealer::new([b"another secret another secret another".as_slice(), b"a secret a secret a secret a secret".as_slice()]);
+        let rotated =
+            LoginSealer::new([b"another secret another secret another".as_slice(), b"a secret a secret a secret a secret".as_slice()]);
         assert_eq!(rotated.open(&sealed), Some(l), "a previous secret still opens logins in progress");
     }
 

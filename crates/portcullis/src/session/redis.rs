@@ -13,9 +13,7 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
-use super::{
-    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis,
-};
+use super::{CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis};
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
 /// multiplexed connection interleave between callers (redis-rs #565), a script runs atomically.

@@ -2,8 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_trait::async_trait;
 use super::{ChangeWatch, SessionKey, SessionRecord, record::UnixMillis};
+use async_trait::async_trait;
 
 /// A store could not answer. Never a reason to end a session: the request gets a 503 and the
 /// session stays (DESIGN invariant 5).
