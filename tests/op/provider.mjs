@@ -136,7 +136,8 @@ function statsBody() {
 
 // ---------------------------------------------------------------------------
 // Accounts: any login name is an account (devInteractions accepts any
-// login/password); the claims are derived from it.
+// login/password); the claims are derived from it. A login name starting with
+// "unverified" gets `email_verified: false` (the gateway's unverified-email rule).
 // ---------------------------------------------------------------------------
 
 function findAccount(_ctx, accountId) {
@@ -146,7 +147,7 @@ function findAccount(_ctx, accountId) {
       return {
         sub: accountId,
         email: `${accountId}@example.test`,
-        email_verified: true,
+        email_verified: !accountId.startsWith('unverified'),
         name: accountId,
       };
     },

@@ -33,8 +33,8 @@ async fn login_redirect_chain_and_cookie(store: Store) {
     assert_eq!(q["code_challenge"].len(), 43);
     assert!(q["state"].len() >= 43 && q["nonce"].len() >= 43);
     assert!(q["scope"].split(' ').any(|x| x == "openid") && q["scope"].contains("offline_access"));
-    let binding = first.set_cookies.iter().find(|c| c.starts_with("portcullis_login_")).expect("login binding cookie");
-    assert!(binding.contains("HttpOnly") && binding.contains("Path=/oauth2/callback"), "{binding}");
+    let binding = first.set_cookies.iter().find(|c| c.starts_with("portcullis_login_")).expect("login state cookie");
+    assert!(binding.contains("HttpOnly") && binding.split("; ").any(|a| a == "Path=/"), "{binding}");
 
     // 2. The callback sets the session cookie and returns to the page first asked for.
     let callback = hops.iter().find(|h| h.url.path() == "/oauth2/callback").expect("callback hop");

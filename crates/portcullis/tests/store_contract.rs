@@ -3,8 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use portcullis::session::{
-    CasOutcome, Identity, Lifetimes, MemoryStore, PendingLogin, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet,
-    now_millis,
+    CasOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet, now_millis,
 };
 use portcullis_testkit::Redis;
 
@@ -62,20 +61,25 @@ async fn concurrent_writers_one_wins(store: Arc<dyn SessionStore>) {
     }
 }
 
-async fn logins_are_taken_once(store: Arc<dyn SessionStore>) {
-    let login = PendingLogin {
-        code_verifier: "v".into(),
-        nonce: "n".into(),
-        return_to: "/x".into(),
-        browser_binding: "b".into(),
-        started_at: now_millis(),
-    };
-    store.put_login("state-a", &login, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(store.take_login("state-a").await.unwrap().unwrap().return_to, "/x");
-    assert!(store.take_login("state-a").await.unwrap().is_none(), "a replayed state must find nothing");
-    store.put_login("state-b", &login, Duration::from_millis(100)).await.unwrap();
+/// A login's state is consumed once: the first `consume_state` wins, every later one (a
+/// replayed callback) is refused until the marker expires; racing callbacks: exactly one wins.
+async fn states_are_consumed_once(store: Arc<dyn SessionStore>) {
+    let a = format!("state-a-{}", SessionId::generate().key());
+    assert!(!store.state_consumed(&a).await.unwrap());
+    assert!(store.consume_state(&a, Duration::from_secs(60)).await.unwrap(), "the first callback consumes the state");
+    assert!(store.state_consumed(&a).await.unwrap());
+    assert!(!store.consume_state(&a, Duration::from_secs(60)).await.unwrap(), "a replayed state is refused");
+
+    let b = format!("state-b-{}", SessionId::generate().key());
+    assert!(store.consume_state(&b, Duration::from_millis(100)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(store.take_login("state-b").await.unwrap().is_none(), "an expired login must find nothing");
+    assert!(!store.state_consumed(&b).await.unwrap(), "the marker expires with its TTL (memory stays bounded)");
+
+    for round in 0..20 {
+        let c = format!("state-c-{round}-{}", SessionId::generate().key());
+        let (x, y) = tokio::join!(store.consume_state(&c, Duration::from_secs(60)), store.consume_state(&c, Duration::from_secs(60)));
+        assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|w| **w).count(), 1, "round {round}: exactly one of two racing callbacks wins");
+    }
 }
 
 async fn idle_and_absolute_lifetimes(make: impl Fn(Lifetimes) -> Arc<dyn SessionStore>) {
@@ -104,7 +108,7 @@ async fn idle_and_absolute_lifetimes(make: impl Fn(Lifetimes) -> Arc<dyn Session
 async fn memory_store_contract() {
     versioned_writes(Arc::new(MemoryStore::new(LONG))).await;
     concurrent_writers_one_wins(Arc::new(MemoryStore::new(LONG))).await;
-    logins_are_taken_once(Arc::new(MemoryStore::new(LONG))).await;
+    states_are_consumed_once(Arc::new(MemoryStore::new(LONG))).await;
     idle_and_absolute_lifetimes(|l| Arc::new(MemoryStore::new(l))).await;
 }
 
@@ -115,7 +119,7 @@ async fn redis_store_contract() {
     let make = |l| -> Arc<dyn SessionStore> { Arc::new(RedisStore::new(&url, l, Duration::from_secs(2)).unwrap()) };
     versioned_writes(make(LONG)).await;
     concurrent_writers_one_wins(make(LONG)).await;
-    logins_are_taken_once(make(LONG)).await;
+    states_are_consumed_once(make(LONG)).await;
     idle_and_absolute_lifetimes(make).await;
 }
 

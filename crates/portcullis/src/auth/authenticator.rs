@@ -8,12 +8,12 @@ use url::Url;
 use super::{
     CookieSettings, Failure, ProviderHandle, RequestKind,
     cookie_sessions::CookieSessions,
+    login_state::LoginSealer,
     refresh::{RefreshError, Refresher, Timing},
     stats::{RefreshSnapshot, RefreshStats},
 };
 use crate::{
     config::{Config, RefreshConfig, StoreKind},
-    crypto::MacKey,
     session::{CookieCodec, Freshness, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
 };
 
@@ -69,13 +69,13 @@ impl AuthError {
 pub struct Authenticator(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
-    /// Server-side sessions, and pending logins in every mode.
+    /// Server-side sessions, and the consumed-login markers in every mode.
     pub(crate) store: Arc<dyn SessionStore>,
     /// Set when sessions live in encrypted cookies instead of `store`.
     pub(crate) cookie_sessions: Option<CookieSessions>,
     pub(crate) codec: CookieCodec,
-    /// Keys the login-binding cookie: a different key from the session cookie's MAC.
-    pub(crate) login_mac: MacKey,
+    /// Seals pending logins into the browser's login cookies (its own derived key).
+    pub(crate) login_sealer: LoginSealer,
     pub(crate) cookies: CookieSettings,
     pub(crate) provider: ProviderHandle,
     pub(crate) refresher: Refresher,
@@ -111,7 +111,7 @@ impl Authenticator {
             ),
             store,
             codec: CookieCodec::new(secret),
-            login_mac: MacKey::derive(secret, "portcullis/login-binding/v1"),
+            login_sealer: LoginSealer::new(std::iter::once(secret).chain(config.session.previous_secrets.iter().map(|s| s.as_bytes()))),
             cookies,
             provider,
             stats,
@@ -180,10 +180,10 @@ impl Authenticator {
     }
 
     /// The 401/302 for a request without a session, per `kind`. `return_to` is where the
-    /// browser lands after logging in.
-    pub async fn login_required(&self, kind: RequestKind, return_to: &str) -> axum::response::Response {
+    /// browser lands after logging in; `headers` are the request's (its login cookies).
+    pub async fn login_required(&self, kind: RequestKind, return_to: &str, headers: &HeaderMap) -> axum::response::Response {
         match kind {
-            RequestKind::Navigation => self.begin_login(return_to).await,
+            RequestKind::Navigation => self.begin_login(return_to, headers).await,
             RequestKind::Api => Failure::unauthenticated(Some(self.login_url(return_to))).respond(kind),
         }
     }

@@ -1,4 +1,4 @@
-//! The cookies the gateway sets: the session cookie and the short-lived login-binding cookie.
+//! The cookies the gateway sets: the session cookie and the short-lived login-state cookies.
 
 use std::time::Duration;
 
@@ -10,8 +10,8 @@ use http::HeaderValue;
 pub struct CookieSettings {
     /// Session cookie name, `__Host-`-prefixed on https so no subdomain or path can shadow it.
     pub session_name: String,
-    /// Prefix of login-binding cookie names (one cookie per login in progress, so two tabs
-    /// logging in at once do not overwrite each other's binding).
+    /// Prefix of login-state cookie names (one cookie per login in progress, so two tabs
+    /// logging in at once do not overwrite each other's), `__Host-`-prefixed on https.
     pub login_prefix: String,
     /// `Secure` on every cookie (public URL is https).
     pub secure: bool,
@@ -22,8 +22,8 @@ pub struct CookieSettings {
 impl CookieSettings {
     /// Settings for a base name and scheme.
     pub fn new(base_name: &str, secure: bool, max_age: Duration) -> Self {
-        let session_name = if secure { format!("__Host-{base_name}") } else { base_name.to_string() };
-        Self { session_name, login_prefix: format!("{base_name}_login_"), secure, max_age }
+        let host = if secure { "__Host-" } else { "" };
+        Self { session_name: format!("{host}{base_name}"), login_prefix: format!("{host}{base_name}_login_"), secure, max_age }
     }
 
     /// `Set-Cookie` for a session.
@@ -58,26 +58,24 @@ impl CookieSettings {
         header_value(cookie.build())
     }
 
-    /// `Set-Cookie` binding a login in progress to this browser. Scoped to the callback path:
-    /// no other request carries it. SameSite=Lax still sends it on the OP's top-level redirect.
-    pub fn login_binding(&self, login_id: &str, value: &str, lifetime: Duration) -> HeaderValue {
-        let cookie = Cookie::build((format!("{}{login_id}", self.login_prefix), value.to_string()))
-            .path("/oauth2/callback")
+    /// `Set-Cookie` carrying a sealed login in progress (`auth::login_state`); `name` is
+    /// [`Self::login_prefix`] plus the login's id. `Path=/` because `__Host-` requires it (the
+    /// prefix is what stops a sibling subdomain or a plain-http response from planting or
+    /// shadowing a login cookie); the value is sealed, so the extra requests that carry it learn
+    /// nothing. `SameSite=Lax` still sends it on the OP's top-level redirect to the callback.
+    pub fn login_state(&self, name: &str, value: String, lifetime: Duration) -> HeaderValue {
+        let cookie = Cookie::build((name.to_string(), value))
+            .path("/")
             .http_only(true)
             .same_site(SameSite::Lax)
             .secure(self.secure)
-            .max_age(cookie::time::Duration::seconds(lifetime.as_secs() as i64));
+            .max_age(cookie::time::Duration::seconds(lifetime.as_secs().max(1) as i64));
         header_value(cookie.build())
     }
 
-    /// `Set-Cookie` that removes a login-binding cookie.
-    pub fn clear_login_binding(&self, login_id: &str) -> HeaderValue {
-        let cookie = Cookie::build((format!("{}{login_id}", self.login_prefix), ""))
-            .path("/oauth2/callback")
-            .http_only(true)
-            .secure(self.secure)
-            .max_age(cookie::time::Duration::ZERO);
-        header_value(cookie.build())
+    /// `Set-Cookie` that removes a login-state cookie.
+    pub fn clear_login_state(&self, name: &str) -> HeaderValue {
+        self.clear_named(name)
     }
 }
 
@@ -103,6 +101,35 @@ mod tests {
             assert!(c.contains(attr), "{c} lacks {attr}");
         }
         assert!(!c.contains("Domain"), "__Host- cookies must not carry Domain");
+    }
+
+    #[test]
+    fn login_state_cookie_on_https_is_host_prefixed_and_strict() {
+        let s = CookieSettings::new("portcullis", true, Duration::from_secs(3600));
+        assert_eq!(s.login_prefix, "__Host-portcullis_login_");
+        let name = format!("{}abc", s.login_prefix);
+        for c in [s.login_state(&name, "sealed".into(), Duration::from_secs(600)), s.clear_login_state(&name)] {
+            let c = c.to_str().unwrap();
+            assert!(c.starts_with("__Host-portcullis_login_abc="), "{c}");
+            let attrs: Vec<&str> = c.split("; ").skip(1).collect();
+            for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure"] {
+                assert!(attrs.contains(&attr), "{c} lacks {attr}");
+            }
+            assert!(!c.contains("Domain"), "__Host- cookies must not carry Domain: {c}");
+        }
+        let set = s.login_state(&name, "sealed".into(), Duration::from_secs(600));
+        assert!(set.to_str().unwrap().split("; ").any(|a| a == "Max-Age=600"), "lives as long as a login may take");
+        let clear = s.clear_login_state(&name);
+        assert!(clear.to_str().unwrap().split("; ").any(|a| a == "Max-Age=0"));
+    }
+
+    #[test]
+    fn login_state_cookie_on_http_has_no_prefix_and_no_secure() {
+        let s = CookieSettings::new("portcullis", false, Duration::from_secs(3600));
+        assert_eq!(s.login_prefix, "portcullis_login_");
+        let c = s.login_state("portcullis_login_abc", "v".into(), Duration::from_secs(600));
+        let c = c.to_str().unwrap();
+        assert!(!c.contains("Secure") && c.split("; ").any(|a| a == "Path=/") && c.contains("HttpOnly"), "{c}");
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub fn routes(auth: Authenticator) -> Router {
         .with_state(auth)
 }
 
-async fn start(State(auth): State<Authenticator>, Query(q): Query<ReturnQuery>) -> Response {
-    auth.begin_login(q.rd.as_deref().unwrap_or("/")).await
+async fn start(State(auth): State<Authenticator>, headers: HeaderMap, Query(q): Query<ReturnQuery>) -> Response {
+    auth.begin_login(q.rd.as_deref().unwrap_or("/"), &headers).await
 }
 
 async fn callback(State(auth): State<Authenticator>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {

@@ -169,7 +169,7 @@ where
                 }
                 Ok(None) if policy == Unauthenticated::Login => {
                     let return_to = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                    Ok(auth.login_required(kind, return_to).await)
+                    Ok(auth.login_required(kind, return_to, req.headers()).await)
                 }
                 Ok(None) => Ok(Failure::unauthenticated(None).respond(kind)),
                 Err(e) => {

@@ -1,14 +1,21 @@
-//! Login: the authorization code flow with PKCE, `state`, `nonce`, and a browser binding.
+//! Login: the authorization code flow with PKCE, `state` and `nonce`, the pending login sealed
+//! in a cookie of the browser that started it (`login_state`), single use of each state.
+
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Redirect, Response};
 use http::{HeaderMap, header};
 use serde::Deserialize;
 
-use super::{Authenticator, Failure, RequestKind, return_to::safe_return_path};
+use super::{
+    Authenticator, Failure, RequestKind,
+    login_state::{self, LoginState},
+    return_to::safe_return_path,
+};
 use crate::{
     crypto,
     oidc::{OidcError, TokenError, pkce},
-    session::{PendingLogin, SessionId, SessionRecord, now_millis},
+    session::{SessionId, SessionRecord, now_millis},
 };
 
 /// Query of the OP's redirect to `/oauth2/callback`.
@@ -18,28 +25,30 @@ pub struct CallbackQuery {
     pub code: Option<String>,
     /// The state we sent.
     pub state: Option<String>,
+    /// RFC 9207: the issuer that sent this response (mix-up defence).
+    pub iss: Option<String>,
     /// Error code when the OP refused the login.
     pub error: Option<String>,
     /// The OP's explanation of `error`.
     pub error_description: Option<String>,
 }
 
-/// The store key of a pending login: a hash of `state`, so the store never holds a value an
-/// attacker could replay as a callback parameter.
-fn state_key(state: &str) -> String {
-    crypto::b64(&crypto::sha256(state.as_bytes()))
-}
+/// How long a consumed state stays marked beyond the login timeout: covers clock differences
+/// between instances (one instance's clock behind another's would otherwise accept a sealed
+/// login whose marker another instance already let expire).
+const CONSUMED_MARGIN: Duration = Duration::from_secs(60);
 
-/// The part of `state` that names this login's binding cookie.
-fn login_id(state: &str) -> &str {
-    // `get`, not indexing: `state` comes from the query and may split a UTF-8 character.
-    state.get(..state.len().min(10)).unwrap_or("")
-}
+const NOT_FOUND: &str = "This login was not started in this browser, or it expired, was already used, or was replaced by a newer \
+                         login. Please log in again.";
+const ALREADY_USED: &str = "This login link was already used. Please log in again.";
+const STORE_DOWN: &str = "Logging in is not possible right now. Please retry shortly.";
 
 impl Authenticator {
-    /// Starts a login: remembers PKCE verifier, nonce and return path, binds the login to this
-    /// browser with a cookie, and redirects to the OP.
-    pub async fn begin_login(&self, return_to: &str) -> Response {
+    /// Starts a login: seals state, nonce, PKCE verifier and return path into a cookie of
+    /// this browser (nothing is stored on the server), and redirects to the OP. `headers` are
+    /// the request's: the login cookies already there are counted, and the oldest dropped
+    /// beyond [`login_state::MAX_PENDING_LOGINS`].
+    pub async fn begin_login(&self, return_to: &str, headers: &HeaderMap) -> Response {
         let inner = &self.0;
         let kind = RequestKind::Navigation;
         let Some(client) = inner.provider.get() else {
@@ -49,81 +58,141 @@ impl Authenticator {
             )
             .respond(kind);
         };
-        let return_to = safe_return_path(return_to).unwrap_or("/").to_string();
-        let state = crypto::random_token::<32>();
-        let nonce = crypto::random_token::<32>();
-        let verifier = pkce::new_verifier();
-        let binding = crypto::random_token::<32>();
-        let pending = PendingLogin {
-            code_verifier: verifier.clone(),
-            nonce: nonce.clone(),
-            return_to,
-            browser_binding: crypto::b64(&inner.login_mac.sign(binding.as_bytes())),
-            started_at: now_millis(),
+        let return_to = match safe_return_path(return_to) {
+            Some(path) if path.len() <= login_state::MAX_RETURN_TO => path,
+            Some(_) => {
+                tracing::info!("return path too long to keep across the login; the login returns to /");
+                "/"
+            }
+            None => "/",
         };
-        if let Err(e) = inner.store.put_login(&state_key(&state), &pending, inner.login_timeout).await {
-            tracing::warn!(error = %e, "cannot start login: session store unavailable");
-            return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.")
-                .respond(kind);
+        let now = now_millis();
+        let login = LoginState {
+            state: crypto::random_token::<32>(),
+            nonce: crypto::random_token::<32>(),
+            code_verifier: pkce::new_verifier(),
+            return_to: return_to.to_string(),
+            started_at: now,
+        };
+        let prefix = &inner.cookies.login_prefix;
+        let stale = login_state::to_clear(login_state::present(headers, prefix, &inner.login_sealer), now, millis(inner.login_timeout));
+        if !stale.is_empty() {
+            tracing::debug!(cleared = stale.len(), "login cookies cleared: expired, unreadable, or the oldest beyond the cap");
         }
-        let url = client.authorization_url(&state, &nonce, &pkce::challenge(&verifier));
+        let url = client.authorization_url(&login.state, &login.nonce, &pkce::challenge(&login.code_verifier));
         let mut response = Redirect::to(url.as_str()).into_response();
         *response.status_mut() = http::StatusCode::FOUND;
-        response.headers_mut().append(header::SET_COOKIE, inner.cookies.login_binding(login_id(&state), &binding, inner.login_timeout));
-        response.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        let h = response.headers_mut();
+        for name in &stale {
+            h.append(header::SET_COOKIE, inner.cookies.clear_login_state(name));
+        }
+        let name = login_state::cookie_name(prefix, &login.state);
+        h.append(header::SET_COOKIE, inner.cookies.login_state(&name, inner.login_sealer.seal(&login), inner.login_timeout));
+        h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         response
     }
 
-    /// Completes a login at the callback: checks state and browser binding, exchanges the code,
-    /// validates the ID token, creates a session under a fresh id, and returns to the saved path.
+    /// Completes a login at the callback: opens this browser's sealed login for the `state`,
+    /// checks the response's issuer, exchanges the code, validates the ID token, marks the state
+    /// consumed, creates a session under a fresh id, and returns to the saved path.
     pub async fn finish_login(&self, query: CallbackQuery, headers: &HeaderMap) -> Response {
         let inner = &self.0;
         let kind = RequestKind::Navigation;
         let start_over = self.login_url("/");
+        // Every refusal from here on also clears this login's cookie when there is one: the
+        // attempt is over either way.
+        let cookie_name = query.state.as_deref().map(|state| login_state::cookie_name(&inner.cookies.login_prefix, state));
+        let refuse = |code: &'static str, message: &str| {
+            let mut response = Failure::bad_request(code, message).with_login_url(start_over.clone()).respond(kind);
+            if let Some(name) = cookie_name.as_deref().filter(|n| super::cookies::find(headers, n).is_some()) {
+                response.headers_mut().append(header::SET_COOKIE, inner.cookies.clear_login_state(name));
+            }
+            response
+        };
         if let Some(error) = query.error.as_deref() {
             let error: String = error.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
             let description: String =
                 query.error_description.as_deref().unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
             tracing::info!(%error, %description, "the OP refused the login");
-            return Failure::bad_request("login_refused", format!("The identity provider did not log you in ({error}). {description}"))
-                .with_login_url(start_over)
-                .respond(kind);
+            return refuse("login_refused", &format!("The identity provider did not log you in ({error}). {description}"));
         }
-        let (Some(code), Some(state)) = (query.code.as_deref(), query.state.as_deref()) else {
+        let (Some(code), Some(state), Some(cookie_name)) = (query.code.as_deref(), query.state.as_deref(), cookie_name.as_deref()) else {
             tracing::info!("callback without code or state");
-            return Failure::bad_request("invalid_callback", "This login link is incomplete.").with_login_url(start_over).respond(kind);
+            return refuse("invalid_callback", "This login link is incomplete.");
         };
-        let pending = match inner.store.take_login(&state_key(state)).await {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                tracing::info!("callback with an unknown, expired or already used state");
-                return Failure::bad_request("unknown_state", "This login link has expired or was already used. Please log in again.")
-                    .with_login_url(start_over)
-                    .respond(kind);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot finish login: session store unavailable");
-                return Failure::unavailable("session_store_unavailable", "Logging in is not possible right now. Please retry shortly.")
-                    .respond(kind);
-            }
+        let Some(sealed) = super::cookies::find(headers, cookie_name) else {
+            tracing::warn!(
+                "callback without its login cookie: started in another browser (login CSRF?), expired, already used, or replaced by newer logins"
+            );
+            return refuse("login_not_found", NOT_FOUND);
         };
-        let id = login_id(state);
-        let binding = super::cookies::find(headers, &format!("{}{id}", inner.cookies.login_prefix));
-        let bound = binding.is_some_and(|b| crypto::b64(&inner.login_mac.sign(b.as_bytes())) == pending.browser_binding);
-        if !bound {
-            tracing::warn!("callback from a browser that did not start this login (login CSRF?)");
-            return Failure::bad_request("login_not_bound", "This login was started in another browser. Please log in again here.")
-                .with_login_url(start_over)
-                .respond(kind);
+        let Some(login) = inner.login_sealer.open(sealed) else {
+            tracing::warn!("login cookie rejected: tampered with, or not sealed by this gateway");
+            return refuse(
+                "login_state_invalid",
+                "This login could not be verified: its cookie was changed or is not ours. Please log in again.",
+            );
+        };
+        if !login_state::same_state(&login.state, state) {
+            tracing::warn!("login cookie belongs to another login (moved between names?)");
+            return refuse("login_not_found", NOT_FOUND);
+        }
+        if login_state::expired(&login, now_millis(), millis(inner.login_timeout)) {
+            tracing::info!("callback for a login that took longer than session.login_timeout");
+            return refuse("login_expired", "This login took too long and has expired. Please log in again.");
         }
         let Some(client) = inner.provider.get() else {
             return Failure::unavailable("identity_provider_unavailable", "The identity provider is not reachable. Please retry shortly.")
                 .respond(kind);
         };
-        let (tokens, identity) = match client.exchange_code(code, &pending.code_verifier, &pending.nonce).await {
+        if let Err(e) = client.check_response_issuer(query.iss.as_deref()) {
+            // RFC 9207 mix-up defence: the code must go to the token endpoint of the OP that
+            // issued it, never to ours when another OP (or an attacker's) answered.
+            tracing::warn!(error = %e, "callback refused: authorization response issuer check failed");
+            return refuse(
+                "issuer_mismatch",
+                "This login answer did not come from the expected identity provider, so you were not logged in.",
+            );
+        }
+        let state_hash = login_state::state_hash(state);
+        // Read before the OP is contacted: a replayed callback (cookie and URL kept by an
+        // attacker or by history) must not reach the OP, whose code-reuse detection would revoke
+        // the tokens of the real login.
+        match inner.store.state_consumed(&state_hash).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!("callback replayed: this login's state was already used");
+                return refuse("state_already_used", ALREADY_USED);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot finish login: session store unavailable");
+                return Failure::unavailable("session_store_unavailable", STORE_DOWN).respond(kind);
+            }
+        }
+        let (tokens, identity) = match client.exchange_code(code, &login.code_verifier, &login.nonce).await {
             Ok(result) => result,
-            Err(e) => return login_failed(&e, start_over),
+            Err(e) => {
+                let mut response = login_failed(&e, start_over.clone());
+                if response.status() != http::StatusCode::SERVICE_UNAVAILABLE {
+                    // A retry after a 503 may still work (the code may be unused); anything else ends the attempt.
+                    response.headers_mut().append(header::SET_COOKIE, inner.cookies.clear_login_state(cookie_name));
+                }
+                return response;
+            }
         };
+        // Only now, with the user authenticated by the OP, is anything written: the marker
+        // that makes this state single-use (two racing callbacks: exactly one wins).
+        match inner.store.consume_state(&state_hash, inner.login_timeout + CONSUMED_MARGIN).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("callback replayed concurrently: this login's state was already used");
+                return refuse("state_already_used", ALREADY_USED);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot finish login: session store unavailable");
+                return Failure::unavailable("session_store_unavailable", STORE_DOWN).respond(kind);
+            }
+        }
         let record = SessionRecord { version: 1, created_at: now_millis(), identity, tokens, unsettled_refresh: None };
         let user = record.identity.user.clone();
         let set_cookies = match &inner.cookie_sessions {
@@ -143,11 +212,7 @@ impl Authenticator {
                 let session_id = SessionId::generate();
                 if let Err(e) = inner.store.create(&session_id.key(), &record).await {
                     tracing::warn!(error = %e, "cannot store the new session");
-                    return Failure::unavailable(
-                        "session_store_unavailable",
-                        "Logging in is not possible right now. Please retry shortly.",
-                    )
-                    .respond(kind);
+                    return Failure::unavailable("session_store_unavailable", STORE_DOWN).respond(kind);
                 }
                 tracing::info!(session = %session_id.key(), %user, "logged in");
                 vec![inner.cookies.session(inner.codec.encode(&session_id))]
@@ -156,16 +221,20 @@ impl Authenticator {
         if inner.cookie_sessions.is_some() {
             tracing::info!(%user, "logged in (cookie store)");
         }
-        let mut response = Redirect::to(&pending.return_to).into_response();
+        let mut response = Redirect::to(&login.return_to).into_response();
         *response.status_mut() = http::StatusCode::FOUND;
         let h = response.headers_mut();
         for cookie in set_cookies {
             h.append(header::SET_COOKIE, cookie);
         }
-        h.append(header::SET_COOKIE, inner.cookies.clear_login_binding(id));
+        h.append(header::SET_COOKIE, inner.cookies.clear_login_state(cookie_name));
         h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         response
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 fn login_failed(e: &OidcError, start_over: String) -> Response {
@@ -182,6 +251,16 @@ fn login_failed(e: &OidcError, start_over: String) -> Response {
             Failure::unavailable("identity_provider_unavailable", "The identity provider did not answer. Please retry.")
                 .with_login_url(start_over)
                 .respond(kind)
+        }
+        OidcError::UnverifiedEmail => {
+            tracing::warn!("login refused: the OP marks the email unverified (oidc.allow_unverified_email is off)");
+            let mut f = Failure::bad_request(
+                "email_unverified",
+                "Your identity provider has not verified your email address, so you were not logged in. Verify it there, then log in again.",
+            )
+            .with_login_url(start_over);
+            f.status = http::StatusCode::FORBIDDEN;
+            f.respond(kind)
         }
         other => {
             tracing::warn!(error = %other, "login failed");

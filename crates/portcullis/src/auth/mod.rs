@@ -8,6 +8,7 @@ mod endpoints;
 pub mod identity_headers;
 mod layer;
 mod login;
+mod login_state;
 mod provider;
 mod refresh;
 mod request_kind;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 
 use super::*;
-use crate::session::{ChangeWatch, Identity, Lifetimes, MemoryStore, PendingLogin, SessionId, TokenSet};
+use crate::session::{ChangeWatch, Identity, Lifetimes, MemoryStore, SessionId, TokenSet};
 
 /// The memory store, except that the first `load` after `arm` panics (a bug in a store, a
 /// decoder, the OP client: anything inside the spawned refresh task).
@@ -32,11 +32,11 @@ impl SessionStore for PanicOnce {
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.inner.delete(key).await
     }
-    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError> {
-        self.inner.put_login(state_key, login, ttl).await
+    async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError> {
+        self.inner.state_consumed(state_hash).await
     }
-    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError> {
-        self.inner.take_login(state_key).await
+    async fn consume_state(&self, state_hash: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.consume_state(state_hash, ttl).await
     }
     async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.inner.try_lease(key, owner, ttl).await

@@ -28,6 +28,7 @@ pub struct OidcClient {
     clock_skew: std::time::Duration,
     user_claim: String,
     extra_auth_params: Vec<(String, String)>,
+    allow_unverified_email: bool,
 }
 
 impl std::fmt::Debug for OidcClient {
@@ -63,6 +64,7 @@ impl OidcClient {
             clock_skew: config.clock_skew,
             user_claim: config.user_claim.clone(),
             extra_auth_params: config.extra_auth_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            allow_unverified_email: config.allow_unverified_email,
         })
     }
 
@@ -92,7 +94,19 @@ impl OidcClient {
         url
     }
 
+    /// RFC 9207 check of the authorization response's `iss` parameter, before the code is
+    /// sent anywhere: when present it must name this OP's issuer exactly; when the OP advertises
+    /// `authorization_response_iss_parameter_supported`, it must be present. Without it, an
+    /// attacker's OP in a multi-OP setup (or a mix-up) could have our code redeemed at the
+    /// wrong token endpoint.
+    pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), OidcError> {
+        check_response_issuer(&self.metadata, iss)
+    }
+
     /// Exchanges an authorization code; validates the ID token against the login's nonce.
+    /// Refuses an identity whose email would be forwarded while the OP says it is unverified
+    /// (unless `oidc.allow_unverified_email`): an upstream trusting `X-Forwarded-Email` would
+    /// otherwise let anyone claim any address at an OP that lets users type one in.
     pub async fn exchange_code(&self, code: &str, code_verifier: &str, nonce: &str) -> Result<(TokenSet, Identity), OidcError> {
         let form = vec![
             ("grant_type", "authorization_code".to_string()),
@@ -106,6 +120,9 @@ impl OidcClient {
         let id_token = response.id_token.as_deref().ok_or(OidcError::IdToken("the token response has no id_token".into()))?;
         let claims = id_token::validate(id_token, &self.jwks, &self.expect(Some(nonce), None)).await?;
         let identity = self.identity(claims)?;
+        if !self.allow_unverified_email && email_unverified(&identity) {
+            return Err(OidcError::UnverifiedEmail);
+        }
         Ok((tokens_from(response, issued_at, None), identity))
     }
 
@@ -220,6 +237,34 @@ pub struct Refreshed {
     pub identity: Option<Identity>,
 }
 
+fn check_response_issuer(metadata: &ProviderMetadata, iss: Option<&str>) -> Result<(), OidcError> {
+    match iss {
+        // Simple string comparison, as RFC 9207 §2.4 requires (no normalization).
+        Some(iss) if iss == metadata.issuer => Ok(()),
+        Some(iss) => {
+            let shown: String = iss.chars().filter(|c| !c.is_control()).take(100).collect();
+            Err(OidcError::ResponseIssuer(format!("{shown:?} is not the configured issuer {:?}", metadata.issuer)))
+        }
+        None if metadata.authorization_response_iss_parameter_supported => {
+            Err(OidcError::ResponseIssuer("missing, though the OP advertises authorization_response_iss_parameter_supported".into()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// An email is forwarded (it is in the identity) and the OP says it is not verified. A
+/// missing `email_verified` is not a refusal (many OPs only send it for self-asserted emails,
+/// as oauth2-proxy also reads it); the string `"false"` (some OPs send strings) is.
+fn email_unverified(identity: &Identity) -> bool {
+    identity.email.is_some()
+        && match identity.claims.get("email_verified") {
+            Some(Value::Bool(verified)) => !verified,
+            Some(Value::String(s)) => !s.eq_ignore_ascii_case("true"),
+            Some(_) => true,
+            None => false,
+        }
+}
+
 /// The clock reading that `expires_in` counts from. The OP starts the clock when it processes
 /// the request, somewhere between our send and our receive; the receive time is off only by the
 /// answer's transit, while the send time can be off by the OP's whole queueing delay, which
@@ -235,5 +280,72 @@ fn tokens_from(response: TokenResponse, issued_at: u64, previous: Option<&TokenS
         expires_at: response.expires_in.map(|s| issued_at + s * 1000),
         refresh_token: response.refresh_token.or_else(|| previous.and_then(|p| p.refresh_token.clone())),
         id_token: response.id_token.or_else(|| previous.and_then(|p| p.id_token.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn metadata(advertised: bool) -> ProviderMetadata {
+        serde_json::from_value(json!({
+            "issuer": "https://op.example",
+            "authorization_endpoint": "https://op.example/auth",
+            "token_endpoint": "https://op.example/token",
+            "jwks_uri": "https://op.example/jwks",
+            "authorization_response_iss_parameter_supported": advertised,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn response_issuer_rfc_9207() {
+        // (advertised, iss, accepted)
+        let table: &[(bool, Option<&str>, bool)] = &[
+            (true, Some("https://op.example"), true),
+            (true, None, false),
+            (true, Some("https://evil.example"), false),
+            (true, Some("https://op.example/"), false),
+            (true, Some(""), false),
+            (false, None, true),
+            (false, Some("https://op.example"), true),
+            (false, Some("https://evil.example"), false),
+        ];
+        for &(advertised, iss, accepted) in table {
+            let result = check_response_issuer(&metadata(advertised), iss);
+            assert_eq!(result.is_ok(), accepted, "advertised={advertised} iss={iss:?}: {result:?}");
+        }
+        let unadvertised: ProviderMetadata = serde_json::from_value(json!({
+            "issuer": "https://op.example",
+            "authorization_endpoint": "https://op.example/auth",
+            "token_endpoint": "https://op.example/token",
+            "jwks_uri": "https://op.example/jwks",
+        }))
+        .unwrap();
+        assert!(!unadvertised.authorization_response_iss_parameter_supported, "absent means not advertised");
+    }
+
+    #[test]
+    fn unverified_email_rule() {
+        let identity = |email: Option<&str>, verified: Option<Value>| {
+            let mut claims = serde_json::Map::new();
+            if let Some(v) = verified {
+                claims.insert("email_verified".into(), v);
+            }
+            Identity { subject: "s".into(), user: "s".into(), email: email.map(String::from), groups: vec![], claims }
+        };
+        let table = [
+            (Some("a@x"), Some(json!(false)), true),
+            (Some("a@x"), Some(json!("false")), true),
+            (Some("a@x"), Some(json!(true)), false),
+            (Some("a@x"), Some(json!("true")), false),
+            (Some("a@x"), None, false),
+            (None, Some(json!(false)), false),
+        ];
+        for (email, verified, refused) in table {
+            assert_eq!(email_unverified(&identity(email, verified.clone())), refused, "{email:?} {verified:?}");
+        }
     }
 }

@@ -25,6 +25,10 @@ pub struct ProviderMetadata {
     /// RFC 7662 introspection, when present.
     #[serde(default)]
     pub introspection_endpoint: Option<Url>,
+    /// RFC 9207: the OP puts `iss` in every authorization response; the callback then refuses
+    /// a response without it.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
     /// `S256` must be among these when the OP lists them.
     #[serde(default)]
     pub code_challenge_methods_supported: Option<Vec<String>>,

@@ -30,6 +30,14 @@ pub enum OidcError {
     /// The token endpoint failed.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The authorization response's RFC 9207 `iss` is missing (when the OP advertises it) or
+    /// names another issuer: a mix-up attack, or a misconfigured OP.
+    #[error("authorization response issuer: {0}")]
+    ResponseIssuer(String),
+    /// The ID token marks the email it carries `email_verified: false`, and
+    /// `oidc.allow_unverified_email` is off.
+    #[error("the OP has not verified the user's email address")]
+    UnverifiedEmail,
     /// Revocation failed.
     #[error("revocation: {0}")]
     Revocation(String),

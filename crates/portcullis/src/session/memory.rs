@@ -12,14 +12,14 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError,
+    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError,
     record::{UnixMillis, now_millis},
 };
 
 /// How often expired entries are swept out; between sweeps they are merely invisible.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Sessions and pending logins in process memory.
+/// Sessions (and the consumed-login markers) in process memory.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -30,7 +30,10 @@ struct Inner {
     // A std RwLock, not a Tokio one: no critical section awaits, and the hot path (load) only
     // takes the read side and bumps an atomic, so concurrent requests never queue behind it.
     sessions: RwLock<HashMap<SessionKey, Entry>>,
-    logins: RwLock<HashMap<String, (PendingLogin, UnixMillis)>>,
+    /// Hashes of the states of completed logins, with their expiry: a replayed callback is
+    /// refused. Written only after a successful code exchange, so it grows with logins, never
+    /// with unauthenticated requests.
+    consumed_states: RwLock<HashMap<String, UnixMillis>>,
     /// Refresh leases: owner and expiry. In one process the refresh coordinator's single flight
     /// already serializes refreshes; the lease is kept so the store honours the whole contract.
     leases: RwLock<HashMap<SessionKey, (String, UnixMillis)>>,
@@ -49,7 +52,7 @@ impl MemoryStore {
         let inner = Arc::new(Inner {
             lifetimes,
             sessions: RwLock::default(),
-            logins: RwLock::default(),
+            consumed_states: RwLock::default(),
             leases: RwLock::default(),
             changes: ChangeFeed::default(),
         });
@@ -78,7 +81,7 @@ async fn sweep(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let now = now_millis();
         write(&inner.sessions).retain(|_, e| e.expires_at.load(Ordering::Relaxed) > now);
-        write(&inner.logins).retain(|_, (_, expires)| *expires > now);
+        write(&inner.consumed_states).retain(|_, expires| *expires > now);
         write(&inner.leases).retain(|_, (_, expires)| *expires > now);
     }
 }
@@ -145,15 +148,18 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError> {
-        let expires = now_millis() + ttl.as_millis() as u64;
-        write(&self.inner.logins).insert(state_key.to_string(), (login.clone(), expires));
-        Ok(())
+    async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError> {
+        Ok(read(&self.inner.consumed_states).get(state_hash).is_some_and(|expires| *expires > now_millis()))
     }
 
-    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError> {
-        let taken = write(&self.inner.logins).remove(state_key);
-        Ok(taken.filter(|(_, expires)| *expires > now_millis()).map(|(login, _)| login))
+    async fn consume_state(&self, state_hash: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let mut consumed = write(&self.inner.consumed_states);
+        if consumed.get(state_hash).is_some_and(|expires| *expires > now) {
+            return Ok(false);
+        }
+        consumed.insert(state_hash.to_string(), now + ttl.as_millis() as u64);
+        Ok(true)
     }
 
     async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -13,9 +13,7 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
-use super::{
-    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, PendingLogin, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis,
-};
+use super::{CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis};
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
 /// multiplexed connection interleave between callers (redis-rs #565), a script runs atomically.
@@ -181,8 +179,11 @@ async fn listen_for_changes(client: redis::Client, feed: ChangeFeed) {
     }
 }
 
-fn login_key(state_key: &str) -> String {
-    format!("portcullis:login:{state_key}")
+/// Marker of a completed login (`state_hash` is a hash of its `state`); same `{…}` hash-tag
+/// layout as the session keys. The pending login itself is never in Redis: it travels sealed
+/// in the browser's cookie.
+fn consumed_state_key(state_hash: &str) -> String {
+    format!("portcullis:{{{state_hash}}}:consumed-state")
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -282,22 +283,19 @@ impl SessionStore for RedisStore {
         .await
     }
 
-    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError> {
+    async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError> {
         self.with_timeout(async {
             let mut conn = self.conn().await?;
-            let body = serde_json::to_string(login).expect("a pending login always serializes");
-            let _: () = conn.pset_ex(login_key(state_key), body, millis(ttl)).await.map_err(unavailable)?;
-            Ok(())
+            conn.exists(consumed_state_key(state_hash)).await.map_err(unavailable)
         })
         .await
     }
 
-    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError> {
+    async fn consume_state(&self, state_hash: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.with_timeout(async {
             let mut conn = self.conn().await?;
-            // GETDEL: taking is atomic, so two replays of one callback cannot both get the login.
-            let body: Option<String> = conn.get_del(login_key(state_key)).await.map_err(unavailable)?;
-            body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+            // SET NX: of two callbacks racing with one state, exactly one marks it.
+            set_if_absent(&mut conn, &consumed_state_key(state_hash), "1", ttl).await
         })
         .await
     }

@@ -2,10 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-
 use super::{ChangeWatch, SessionKey, SessionRecord, record::UnixMillis};
+use async_trait::async_trait;
 
 /// A store could not answer. Never a reason to end a session: the request gets a 503 and the
 /// session stays (DESIGN invariant 5).
@@ -28,28 +26,6 @@ pub enum CasOutcome {
     Conflict,
     /// The session no longer exists (logged out or expired).
     Gone,
-}
-
-/// A login between `/oauth2/start` and the callback, keyed by a hash of its `state`.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct PendingLogin {
-    /// PKCE code verifier.
-    pub code_verifier: String,
-    /// Expected `nonce` claim of the ID token.
-    pub nonce: String,
-    /// Where the browser goes after login: a same-origin path, already validated.
-    pub return_to: String,
-    /// Hash of the random value in the browser's login cookie: the callback must come from the
-    /// browser that started the login (no login CSRF).
-    pub browser_binding: String,
-    /// When the login started.
-    pub started_at: UnixMillis,
-}
-
-impl std::fmt::Debug for PendingLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingLogin").field("return_to", &self.return_to).finish_non_exhaustive()
-    }
 }
 
 /// How long sessions live; stores derive their record TTLs from it.
@@ -89,12 +65,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes the session (logout, or definitively invalid tokens).
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError>;
 
-    /// Keeps a pending login for `ttl`.
-    async fn put_login(&self, state_key: &str, login: &PendingLogin, ttl: Duration) -> Result<(), StoreError>;
+    /// Whether the login with this state hash has already completed (a read, no write: the
+    /// callback asks before it contacts the OP, so a replayed callback never reaches the OP,
+    /// which would revoke the tokens of the first use of the code).
+    async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError>;
 
-    /// Takes a pending login out: a second call with the same state gets `None`, so a replayed
-    /// callback cannot log in twice.
-    async fn take_login(&self, state_key: &str) -> Result<Option<PendingLogin>, StoreError>;
+    /// Marks the login with this state hash as completed for `ttl`, unless it already is:
+    /// `true` when this call marked it, `false` when it was already consumed (a replayed
+    /// callback). Atomic: of two concurrent callbacks with one state, one gets `true`.
+    ///
+    /// Called only after the code exchange succeeded, so no unauthenticated request ever
+    /// writes server state; the pending login itself lives sealed in the browser's cookie.
+    async fn consume_state(&self, state_hash: &str, ttl: Duration) -> Result<bool, StoreError>;
 
     // Refresh coordination across instances (DESIGN.md, refresh protocol steps 3–5).
 
