@@ -32,6 +32,12 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// HMAC-SHA256 of `data` under `key`: a pseudo-random function of `key`, used to derive one
+/// key from another under a label (knowing other hashes of `key` does not give this one).
+pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data).as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+}
+
 /// An HMAC-SHA256 key for one purpose, derived from the configured secret so that the
 /// same secret never keys two different MACs (a cookie MAC can't be replayed as a login binding).
 #[derive(Clone)]
@@ -64,12 +70,11 @@ impl std::fmt::Debug for MacKey {
 /// 96-bit nonce per seal keeps GCM safe for far more seals per key than a gateway makes (2^32).
 /// The `aad` names what a sealed value is for, so one sealed thing cannot be replayed as another.
 #[derive(Clone)]
-#[allow(dead_code, reason = "used by the login-state cookie and the Redis record seal, landing next")]
 pub(crate) struct AeadKey(std::sync::Arc<LessSafeKey>);
 
-#[allow(dead_code, reason = "used by the login-state cookie and the Redis record seal, landing next")]
 impl AeadKey {
     /// A key derived from `secret` for `purpose` (domain separation, as [`MacKey::derive`]).
+    #[allow(dead_code, reason = "used by the sealed login-state cookie (another branch)")]
     pub(crate) fn derive(secret: &[u8], purpose: &str) -> Self {
         Self::from_bytes(&MacKey::derive(secret, purpose).sign(b"aes-256-gcm"))
     }
