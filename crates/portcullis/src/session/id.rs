@@ -43,7 +43,8 @@ impl SessionId {
         SessionKey { text: self.store_key_text(), sealing: Some(SealingKey(crypto::hmac_sha256(&self.0, SEALING_LABEL))) }
     }
 
-    fn store_key_text(&self) -> String {
+    /// The store key's text alone (what `key` computed before records were sealed).
+    pub(super) fn store_key_text(&self) -> String {
         crypto::b64(&crypto::sha256(&self.0)[..18])
     }
 }

@@ -183,3 +183,92 @@ mod tests {
         assert_eq!(open(&parsed, &value).unwrap_err(), OpenError::NoSealingKey);
     }
 }
+
+/// Hot-path cost of sealing, against the JSON decode that a load did before. Not a test:
+/// `cargo test --release -p portcullis --lib bench_record_codec -- --ignored --nocapture`.
+#[cfg(test)]
+mod bench {
+    use std::{hint::black_box, time::Instant};
+
+    use super::*;
+    use crate::session::{Identity, SessionId, TokenSet, now_millis};
+
+    /// A record of a typical size (~2.5 KB of JSON): three JWT-sized tokens, claims, groups.
+    fn typical_record() -> SessionRecord {
+        let jwt = |n: usize| format!("eyJhbGciOiJSUzI1NiJ9.{}.{}", "x".repeat(n), "s".repeat(342));
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "248289761001".into());
+        claims.insert("email".into(), "alice@example.com".into());
+        claims.insert("name".into(), "Alice Wonderland".into());
+        claims.insert("groups".into(), serde_json::json!((0..12).map(|i| format!("group-{i}")).collect::<Vec<_>>()));
+        SessionRecord {
+            version: 0,
+            created_at: now_millis(),
+            identity: Identity {
+                subject: "248289761001".into(),
+                user: "alice@example.com".into(),
+                email: Some("alice@example.com".into()),
+                groups: (0..12).map(|i| format!("group-{i}")).collect(),
+                claims,
+            },
+            tokens: TokenSet {
+                access_token: jwt(400),
+                issued_at: now_millis(),
+                expires_at: Some(now_millis() + 300_000),
+                refresh_token: Some("r".repeat(64)),
+                id_token: Some(jwt(500)),
+            },
+            unsettled_refresh: None,
+        }
+    }
+
+    fn ns_per_op(iterations: u32, mut op: impl FnMut()) -> f64 {
+        for _ in 0..iterations / 10 {
+            op();
+        }
+        let started = Instant::now();
+        for _ in 0..iterations {
+            op();
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(iterations)
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand in release"]
+    fn bench_record_codec() {
+        const N: u32 = 200_000;
+        let id = SessionId::generate();
+        let key = id.key();
+        let record = typical_record();
+        let clear = format!("2|{}", serde_json::to_string(&record).unwrap());
+        let sealed = seal(&key, 2, &record).unwrap();
+        println!("record: {} bytes of JSON, {} bytes sealed", clear.len() - 2, sealed.len());
+
+        // Before: what `decode` did on every load (split at '|', parse the version, JSON).
+        let old_decode = ns_per_op(N, || {
+            let (v, body) = black_box(clear.as_str()).split_once('|').unwrap();
+            let mut r: SessionRecord = serde_json::from_str(body).unwrap();
+            r.version = v.parse().unwrap();
+            black_box(r);
+        });
+        let new_open = ns_per_op(N, || {
+            black_box(open(black_box(&key), black_box(&sealed)).unwrap());
+        });
+        let old_encode = ns_per_op(N, || {
+            black_box(format!("{}|{}", 2, serde_json::to_string(black_box(&record)).unwrap()));
+        });
+        let new_seal = ns_per_op(N, || {
+            black_box(seal(black_box(&key), 2, black_box(&record)).unwrap());
+        });
+        let old_key = ns_per_op(N, || {
+            black_box(black_box(&id).store_key_text());
+        });
+        let new_key = ns_per_op(N, || {
+            black_box(black_box(&id).key());
+        });
+        println!("load decode: {old_decode:.0} ns (clear JSON) -> {new_open:.0} ns (open + JSON), +{:.0} ns", new_open - old_decode);
+        println!("write encode: {old_encode:.0} ns (clear JSON) -> {new_seal:.0} ns (JSON + seal), +{:.0} ns", new_seal - old_encode);
+        println!("SessionId::key: {old_key:.0} ns (store key only) -> {new_key:.0} ns (+ sealing key), +{:.0} ns", new_key - old_key);
+    }
+
+}
