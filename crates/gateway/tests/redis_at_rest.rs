@@ -71,14 +71,14 @@ async fn redis_holds_no_token_nor_identity_after_login_and_refresh() {
     assert_ne!(first, second, "the token was refreshed");
     assert!(s.op.refresh_grants().await >= 1);
 
-    let mut secrets = vec![first, second];
+    let mut secrets = vec![("first access token", first), ("refreshed access token", second)];
     for claim in ["sub", "email", "user"] {
         if let Some(value) = info[claim].as_str() {
-            secrets.push(value.to_string());
+            secrets.push((claim, value.to_string()));
         }
     }
     // Whatever the values, a record in clear (or merely encoded) would spell its field names.
-    secrets.extend(["access_token", "refresh_token", "id_token", "identity"].map(String::from));
+    secrets.extend(["access_token", "refresh_token", "id_token", "identity"].map(|f| ("a record field name", f.to_string())));
 
     let dump = redis_dump(&s.redis.as_ref().unwrap().url());
     let records: Vec<_> = dump.iter().filter(|(k, _)| k.ends_with(":session")).collect();
@@ -87,10 +87,42 @@ async fn redis_holds_no_token_nor_identity_after_login_and_refresh() {
     let sep = record.iter().position(|&b| b == b'|').expect("version prefix");
     assert!(record[..sep].iter().all(u8::is_ascii_digit) && record[sep + 1..].starts_with(b"s1:"), "a sealed record");
     for (name, value) in &dump {
-        for secret in &secrets {
+        for (what, secret) in &secrets {
             for spelling in spellings(secret) {
-                assert!(!contains(value, &spelling), "{name} gives away {secret:?}");
+                assert!(!contains(value, &spelling), "{name} gives away the {what}");
             }
         }
     }
+}
+
+/// A record altered in Redis (or copied there from another session) never serves a request:
+/// the browser is sent to log in again (not trapped in `503`s, which would repeat forever on
+/// the same bytes), and the gateway says why in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_record_sends_the_browser_to_log_in_again() {
+    let s = Setup::start(Store::Redis, OpOptions::default()).await;
+    let (browser, _) = s.logged_in("/api/first", "alice").await;
+    let url = s.redis.as_ref().unwrap().url();
+    let (key, mut value) = redis_dump(&url).into_iter().find(|(k, _)| k.ends_with(":session")).expect("a session record");
+    value.pop(); // the newline `redis-cli --raw` adds
+    let at = value.len() - 20;
+    value[at] ^= 1;
+    let mut set = std::process::Command::new("redis-cli")
+        .args(["-u", &url, "-x", "SET", &key])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut set.stdin.take().unwrap(), &value).unwrap();
+    assert!(set.wait().unwrap().success());
+
+    s.upstream.clear();
+    let r = browser.http().get(s.url("/api/after")).header("accept", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), 401, "treated as no session: {}", s.gateway.log_text());
+    assert!(s.upstream.seen().is_empty(), "nothing reached the upstream");
+    assert!(s.gateway.log_text().contains("session record refused"), "{}", s.gateway.log_text());
+    let hops = browser.login(&s.url("/api/again"), "alice").await;
+    assert_eq!(hops.last().unwrap().status, 200, "logging in again works: {hops:#?}");
+    let records: Vec<_> = redis_dump(&url).into_iter().filter(|(k, _)| k.ends_with(":session")).map(|(k, _)| k).collect();
+    assert!(records.len() == 1 && records[0] != key, "the new login replaced the altered record: {records:?}");
 }

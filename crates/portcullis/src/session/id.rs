@@ -22,15 +22,16 @@ pub struct SessionKey {
     sealing: Option<SealingKey>,
 }
 
-/// Key material for sealing one session's record: HMAC-SHA256 keyed by the session id over a
-/// label of its own. The store key is a hash of the same id, but a truncated SHA-256 of the id
-/// says nothing about an HMAC keyed by it, so whoever reads the store (and so knows every store
-/// key) still cannot open a record.
+/// Key material for sealing one session's record: SHA-256 of a label of its own followed by the
+/// session id (256 random bits). The store key is the plain SHA-256 of the same id; the two
+/// hashes of different inputs say nothing about each other, so whoever reads the store (and so
+/// knows every store key) still cannot open a record.
 #[derive(Clone)]
 pub(crate) struct SealingKey([u8; 32]);
 
 /// Domain separation of the record-sealing key from every other use of the id.
-const SEALING_LABEL: &[u8] = b"portcullis/session-record-key/v1";
+/// Fixed length (32 bytes), so `label ‖ id` is unambiguous.
+const SEALING_LABEL: &[u8; 32] = b"portcullis/session-record-key/v1";
 
 impl SessionId {
     /// A fresh random id; every login gets one (no session fixation).
@@ -40,7 +41,7 @@ impl SessionId {
 
     /// The store key of this session, carrying the key that seals its record.
     pub fn key(&self) -> SessionKey {
-        SessionKey { text: self.store_key_text(), sealing: Some(SealingKey(crypto::hmac_sha256(&self.0, SEALING_LABEL))) }
+        SessionKey { text: self.store_key_text(), sealing: Some(SealingKey(crypto::labelled_sha256(SEALING_LABEL, &self.0))) }
     }
 
     /// The store key's text alone (what `key` computed before records were sealed).

@@ -208,7 +208,7 @@ fn encode(key: &SessionKey, version: u64, record: &SessionRecord) -> Result<Vec<
 ///   anyone who can read Redis knows, and keep working tokens in clear until the next write.
 /// - An unknown format, or a sealed body that is not a record: `Corrupt` (`503`, record kept),
 ///   as before: probably written by a newer gateway during a rolling upgrade, readable there.
-fn decode(key: &SessionKey, value: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
+fn decode(key: &SessionKey, value: &mut [u8]) -> Result<Option<SessionRecord>, StoreError> {
     use sealed_record::OpenError;
     match sealed_record::open(key, value) {
         Ok(record) => Ok(Some(record)),
@@ -245,8 +245,8 @@ impl SessionStore for RedisStore {
             // GETEX reads and restarts the idle clock in one round trip.
             let value: Option<Vec<u8>> =
                 redis::cmd("GETEX").arg(&rkey).arg("PX").arg(millis(lifetimes.idle)).query_async(&mut conn).await.map_err(unavailable)?;
-            let Some(value) = value else { return Ok(None) };
-            let Some(record) = decode(key, &value)? else { return Ok(None) };
+            let Some(mut value) = value else { return Ok(None) };
+            let Some(record) = decode(key, &mut value)? else { return Ok(None) };
             let ttl = lifetimes.ttl(record.created_at, now_millis());
             if ttl.is_zero() {
                 return Ok(None);
