@@ -32,6 +32,17 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// SHA-256 of `label ‖ data`, for deriving a key from `data` (uniformly random key material)
+/// under a fixed-length label: outputs under different labels, or the plain hash of `data`, say
+/// nothing about each other. Two compression blocks for a 32-byte label and a 32-byte `data`,
+/// half the cost of an HMAC (which needs four) on the request path.
+pub(crate) fn labelled_sha256(label: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(label);
+    ctx.update(data);
+    ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
 /// An HMAC-SHA256 key for one purpose, derived from the configured secret so that the
 /// same secret never keys two different MACs (a cookie MAC can't be replayed as a login binding).
 #[derive(Clone)]
@@ -64,10 +75,8 @@ impl std::fmt::Debug for MacKey {
 /// 96-bit nonce per seal keeps GCM safe for far more seals per key than a gateway makes (2^32).
 /// The `aad` names what a sealed value is for, so one sealed thing cannot be replayed as another.
 #[derive(Clone)]
-#[allow(dead_code, reason = "used by the login-state cookie and the Redis record seal, landing next")]
 pub(crate) struct AeadKey(std::sync::Arc<LessSafeKey>);
 
-#[allow(dead_code, reason = "used by the login-state cookie and the Redis record seal, landing next")]
 impl AeadKey {
     /// A key derived from `secret` for `purpose` (domain separation, as [`MacKey::derive`]).
     pub(crate) fn derive(secret: &[u8], purpose: &str) -> Self {
@@ -90,6 +99,17 @@ impl AeadKey {
         let _ = head;
         out.extend_from_slice(tag.as_ref());
         out
+    }
+
+    /// [`AeadKey::open`] without a copy: decrypts `sealed` where it lies and returns the
+    /// plaintext inside it (for the session record, opened on every request).
+    pub(crate) fn open_in_place<'a>(&self, sealed: &'a mut [u8], aad: &[u8]) -> Option<&'a [u8]> {
+        if sealed.len() < NONCE_LEN + 16 {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at_mut(NONCE_LEN);
+        let nonce = Nonce::assume_unique_for_key((&*nonce).try_into().ok()?);
+        self.0.open_in_place(nonce, Aad::from(aad), body).ok().map(|plain| &*plain)
     }
 
     /// The plaintext, or `None` for anything this key did not seal with this `aad`.
@@ -129,5 +149,9 @@ mod tests {
         let other = AeadKey::derive(b"0123456789abcdef0123456789abcdef", "other");
         assert_eq!(other.open(&sealed, b"purpose-a"), None, "another derived key cannot open it");
         assert_ne!(key.seal(b"hello", b"purpose-a"), sealed, "nonces are random");
+        assert_eq!(key.open_in_place(&mut sealed.clone(), b"purpose-a"), Some(&b"hello"[..]));
+        assert_eq!(key.open_in_place(&mut sealed.clone(), b"purpose-b"), None);
+        assert_eq!(key.open_in_place(&mut tampered.clone(), b"purpose-a"), None);
+        assert_eq!(key.open_in_place(&mut sealed[..10].to_vec(), b"purpose-a"), None);
     }
 }

@@ -201,3 +201,203 @@ async fn redis_store_notifies_across_instances() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     writes_wake_watchers(writer, watcher).await;
 }
+
+// ---- Sessions sealed at rest in Redis (issue 7, item 7) ----
+//
+// The attacker here holds what a Redis dump, replica or backup holds: every key and value, but
+// no browser cookie. The store key is a hash of the session id; the record is sealed under a
+// key derived from the id, so none of it opens.
+
+/// A session like one a real OP leaves: a JWT ID token (whose payload carries `sub` and
+/// `email` in base64url), opaque tokens, a few kilobytes of claims.
+fn realistic_record(generation: u32) -> (SessionRecord, Vec<String>) {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let sub = "248289761001-alice-subject";
+    let email = "alice.wonderland@example.com";
+    let access_token = format!("at{generation}-Zk9mQ2xhVjNwSW9ZbWx0ZVhRZ1lXTmpaWE56SUhSdmEyVnU");
+    let refresh_token = format!("rt{generation}-cmVmcmVzaCB0b2tlbiB0aGF0IGFuIGF0dGFja2VyIHdhbnRz");
+    let payload = serde_json::json!({ "iss": "https://op.example", "sub": sub, "email": email, "aud": "portcullis", "gen": generation });
+    let id_token = format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"k1"}"#),
+        URL_SAFE_NO_PAD.encode(payload.to_string()),
+        URL_SAFE_NO_PAD.encode([7u8; 256])
+    );
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), sub.into());
+    claims.insert("email".into(), email.into());
+    claims.insert("name".into(), "Alice Wonderland".into());
+    claims.insert("groups".into(), serde_json::json!((0..40).map(|i| format!("group-{i}")).collect::<Vec<_>>()));
+    let record = SessionRecord {
+        version: 0,
+        created_at: now_millis(),
+        identity: Identity {
+            subject: sub.into(),
+            user: email.into(),
+            email: Some(email.into()),
+            groups: (0..40).map(|i| format!("group-{i}")).collect(),
+            claims,
+        },
+        tokens: TokenSet {
+            access_token: access_token.clone(),
+            issued_at: now_millis(),
+            expires_at: Some(now_millis() + 60_000),
+            refresh_token: Some(refresh_token.clone()),
+            id_token: Some(id_token.clone()),
+        },
+        unsettled_refresh: None,
+    };
+    (record, vec![access_token, refresh_token, id_token, sub.into(), email.into(), "Alice Wonderland".into()])
+}
+
+/// `secret` as it could appear in a value: in clear, or inside standard or URL-safe base64 at
+/// any of the three alignments (the edges, which depend on neighbouring bytes, trimmed).
+fn spellings(secret: &str) -> Vec<Vec<u8>> {
+    use base64::{Engine, engine::general_purpose};
+    let mut out = vec![secret.as_bytes().to_vec()];
+    for engine in [general_purpose::STANDARD_NO_PAD, general_purpose::URL_SAFE_NO_PAD] {
+        for skew in 0..3 {
+            let mut data = vec![0u8; skew];
+            data.extend_from_slice(secret.as_bytes());
+            let encoded = engine.encode(&data);
+            out.push(encoded.as_bytes()[4..encoded.len() - 4].to_vec());
+        }
+    }
+    out
+}
+
+/// Every key and value of the server, as `redis-cli --scan` and `redis-cli --raw GET` show
+/// them to whoever can reach Redis (or restore its backup).
+fn redis_dump(url: &str) -> Vec<(String, Vec<u8>)> {
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli").arg("-u").arg(url).args(args).output().expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let keys = String::from_utf8(cli(&["--scan"])).unwrap();
+    keys.lines().filter(|k| !k.is_empty()).map(|k| (k.to_string(), cli(&["--raw", "GET", k]))).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn raw_redis(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+fn record_key(key: &portcullis::session::SessionKey) -> String {
+    format!("portcullis:{{{key}}}:session")
+}
+
+/// After a login (create) and a refresh (lease + CAS), nothing in Redis gives away a token or
+/// who the user is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dump_holds_no_token_nor_identity() {
+    let redis = Redis::start().await;
+    let store = RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap();
+    let key = SessionId::generate().key();
+    let (login, mut secrets) = realistic_record(1);
+    store.create(&key, &login).await.unwrap();
+    assert!(store.try_lease(&key, "instance-a", Duration::from_secs(30)).await.unwrap());
+    let (refreshed, newer) = realistic_record(2);
+    assert_eq!(store.compare_and_set(&key, 1, &refreshed).await.unwrap(), CasOutcome::Written(2));
+    secrets.extend(newer);
+    // Whatever the values, a record in clear (or merely encoded) would spell its field names.
+    secrets.extend(["access_token", "refresh_token", "id_token", "identity"].map(String::from));
+    let loaded = store.load(&key).await.unwrap().expect("the session still loads");
+    assert_eq!(loaded.tokens.refresh_token, refreshed.tokens.refresh_token);
+
+    let dump = redis_dump(&redis.url());
+    let record = dump.iter().find(|(k, _)| *k == record_key(&key)).expect("the record is in the dump");
+    assert!(record.1.starts_with(b"2|s1:"), "version in clear, then the sealed body");
+    for (name, value) in &dump {
+        for secret in &secrets {
+            for spelling in spellings(secret) {
+                assert!(!contains(value, &spelling), "{name} gives away {secret:?}: sealing is off");
+            }
+        }
+    }
+}
+
+/// Someone who can write to Redis copies their own session's record under the victim's key
+/// (to have the victim act in their account, or to read it back later): the victim's gateway
+/// finds nothing it can open and sends the browser to log in. The attacker's session still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_copied_under_another_session_does_not_open() {
+    let redis = Redis::start().await;
+    let store = RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap();
+    let (mallory, victim) = (SessionId::generate().key(), SessionId::generate().key());
+    store.create(&mallory, &record("mallory-token")).await.unwrap();
+    store.create(&victim, &record("victim-token")).await.unwrap();
+    let mut conn = raw_redis(&redis.url()).await;
+    let copied: Vec<u8> = redis::AsyncCommands::get(&mut conn, record_key(&mallory)).await.unwrap();
+    let _: () = redis::AsyncCommands::set(&mut conn, record_key(&victim), copied).await.unwrap();
+
+    assert!(store.load(&victim).await.unwrap().is_none(), "a copied record must not open under another session's key");
+    assert_eq!(store.load(&mallory).await.unwrap().unwrap().tokens.access_token, "mallory-token");
+}
+
+/// Stored values that are not this session's sealed record. Refused: `None` when it can never
+/// open (the browser logs in again), `Corrupt` when a newer gateway may read it; never a panic,
+/// never used, and the read deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_foreign_records_are_refused() {
+    let redis = Redis::start().await;
+    let store = RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap();
+    let mut conn = raw_redis(&redis.url()).await;
+    let flip_last = |mut v: Vec<u8>| {
+        let last = v.len() - 1;
+        v[last] ^= 1;
+        v
+    };
+    let flip_body = |mut v: Vec<u8>| {
+        v[20] ^= 0x80;
+        v
+    };
+    let truncate = |v: Vec<u8>| v[..v.len() - 16].to_vec();
+    let bump_version = |v: Vec<u8>| [b"7".as_slice(), &v[1..]].concat();
+    let clear_json = |_: Vec<u8>| format!("1|{}", serde_json::to_string(&record("planted-token")).unwrap()).into_bytes();
+    let unknown_format = |v: Vec<u8>| [b"1|s9:".as_slice(), &v[5..]].concat();
+    let no_version = |v: Vec<u8>| v[2..].to_vec();
+    #[allow(clippy::type_complexity)]
+    let cases: [(&str, &dyn Fn(Vec<u8>) -> Vec<u8>, Option<&str>); 7] = [
+        ("tag flipped", &flip_last, None),
+        ("ciphertext flipped", &flip_body, None),
+        ("truncated", &truncate, None),
+        ("clear version changed", &bump_version, None),
+        ("clear JSON planted (or left by the previous format)", &clear_json, None),
+        ("unknown format tag", &unknown_format, Some("corrupt")),
+        ("no version prefix", &no_version, Some("corrupt")),
+    ];
+    for (name, mutate, expected_error) in cases {
+        let key = SessionId::generate().key();
+        store.create(&key, &record("genuine-token")).await.unwrap();
+        let genuine: Vec<u8> = redis::AsyncCommands::get(&mut conn, record_key(&key)).await.unwrap();
+        let _: () = redis::AsyncCommands::set(&mut conn, record_key(&key), mutate(genuine)).await.unwrap();
+        match (store.load(&key).await, expected_error) {
+            (Ok(None), None) => {}
+            (Err(StoreError::Corrupt(_)), Some("corrupt")) => {}
+            (other, _) => panic!("{name}: {:?}", other.map(|r| r.map(|r| r.tokens.access_token.clone()))),
+        }
+        let still_there: bool = redis::AsyncCommands::exists(&mut conn, record_key(&key)).await.unwrap();
+        assert!(still_there, "{name}: a read must not delete the record");
+    }
+}
+
+/// A key parsed back from the store (a notification's channel, or deserialized) names a session
+/// for watchers but cannot read or write its record: a typed error, before any write in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_without_their_sealing_key_neither_read_nor_write() {
+    let redis = Redis::start().await;
+    let store = RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap();
+    let key = SessionId::generate().key();
+    store.create(&key, &record("x")).await.unwrap();
+    let parsed: portcullis::session::SessionKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
+    assert_eq!(parsed, key);
+    assert!(matches!(store.load(&parsed).await, Err(StoreError::NoSealingKey)));
+    assert!(matches!(store.compare_and_set(&parsed, 1, &record("y")).await, Err(StoreError::NoSealingKey)));
+    let fresh: portcullis::session::SessionKey = serde_json::from_str("\"AAAAAAAAAAAAAAAAAAAAAAAA\"").unwrap();
+    assert!(matches!(store.create(&fresh, &record("y")).await, Err(StoreError::NoSealingKey)));
+    assert_eq!(store.load(&key).await.unwrap().unwrap().tokens.access_token, "x", "nothing was overwritten");
+}

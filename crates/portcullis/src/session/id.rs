@@ -10,9 +10,28 @@ pub struct SessionId([u8; 32]);
 
 /// The name a session has in the store and in logs: a hash of the id, so that read access to
 /// the store (or to the logs) does not hand out working cookies.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct SessionKey(String);
+///
+/// A key made from the id ([`SessionId::key`]) also carries the key that seals the session's
+/// record at rest (see `sealed_record`); a key parsed back from a store's notification
+/// ([`SessionKey::from_stored`]) carries none and can only match watchers. Equality, hashing,
+/// ordering, `Display`, `Debug` and serde see the store-key text alone, so both spellings of one
+/// session are the same key, and the sealing key never reaches a log line or a serialized form.
+#[derive(Clone)]
+pub struct SessionKey {
+    text: String,
+    sealing: Option<SealingKey>,
+}
+
+/// Key material for sealing one session's record: SHA-256 of a label of its own followed by the
+/// session id (256 random bits). The store key is the plain SHA-256 of the same id; the two
+/// hashes of different inputs say nothing about each other, so whoever reads the store (and so
+/// knows every store key) still cannot open a record.
+#[derive(Clone)]
+pub(crate) struct SealingKey([u8; 32]);
+
+/// Domain separation of the record-sealing key from every other use of the id.
+/// Fixed length (32 bytes), so `label ‖ id` is unambiguous.
+const SEALING_LABEL: &[u8; 32] = b"portcullis/session-record-key/v1";
 
 impl SessionId {
     /// A fresh random id; every login gets one (no session fixation).
@@ -20,39 +39,108 @@ impl SessionId {
         Self(crypto::random_bytes())
     }
 
-    /// The store key of this session.
+    /// The store key of this session, carrying the key that seals its record.
     pub fn key(&self) -> SessionKey {
-        SessionKey(crypto::b64(&crypto::sha256(&self.0)[..18]))
+        SessionKey { text: self.store_key_text(), sealing: Some(SealingKey(crypto::labelled_sha256(SEALING_LABEL, &self.0))) }
+    }
+
+    /// The store key's text alone (what `key` computed before records were sealed).
+    pub(super) fn store_key_text(&self) -> String {
+        crypto::b64(&crypto::sha256(&self.0)[..18])
     }
 }
 
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionId(key={})", self.key())
+        write!(f, "SessionId(key={})", self.store_key_text())
     }
 }
 
 impl SessionKey {
-    /// A key as a store spelled it (e.g. in a change notification's channel name).
+    /// A key as a store spelled it (e.g. in a change notification's channel name): good for
+    /// matching watchers, not for reading or writing the record (it has no sealing key).
     pub(crate) fn from_stored(text: &str) -> Self {
-        Self(text.to_string())
+        Self { text: text.to_string(), sealing: None }
     }
 
     /// The key as text (URL-safe base64, 24 characters).
     pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// `name` with the sealing key of `sealing`: lets a test separate the AAD's binding from
+    /// the key's.
+    #[cfg(test)]
+    pub(crate) fn with_sealing_of(name: &SessionKey, sealing: &SessionKey) -> Self {
+        Self { text: name.text.clone(), sealing: sealing.sealing.clone() }
+    }
+
+    /// The record's sealing key; `None` for a key parsed back from the store.
+    pub(crate) fn sealing_key(&self) -> Option<&SealingKey> {
+        self.sealing.as_ref()
+    }
+}
+
+impl SealingKey {
+    pub(crate) fn material(&self) -> &[u8; 32] {
         &self.0
+    }
+}
+
+impl PartialEq for SessionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for SessionKey {}
+
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl PartialOrd for SessionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SessionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl serde::Serialize for SessionKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SessionKey {
+    /// Like [`SessionKey::from_stored`]: text in, no sealing key.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self { text: String::deserialize(deserializer)?, sealing: None })
     }
 }
 
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
 impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionKey({})", self.0)
+        write!(f, "SessionKey({})", self.text)
+    }
+}
+
+impl fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealingKey(..)")
     }
 }
 
@@ -110,6 +198,34 @@ mod tests {
         let b = SessionId::generate();
         assert_ne!(a, b);
         assert!(!codec().encode(&a).contains(a.key().as_str()));
+    }
+
+    /// A key parsed from a notification is the same key to every map and watcher, and nothing
+    /// that prints or serializes a key shows the sealing key.
+    #[test]
+    fn keys_compare_by_store_key_and_never_show_the_sealing_key() {
+        use std::hash::BuildHasher;
+        let id = SessionId::generate();
+        let key = id.key();
+        let parsed = SessionKey::from_stored(key.as_str());
+        assert_eq!(key, parsed);
+        assert_eq!(key.cmp(&parsed), std::cmp::Ordering::Equal);
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&key), hasher.hash_one(&parsed));
+        assert!(key.sealing_key().is_some() && parsed.sealing_key().is_none());
+
+        let material = key.sealing_key().unwrap().material();
+        assert_ne!(&material[..18], &crypto::sha256(&id.0)[..18], "the sealing key is not the store-key hash");
+        let secrets = [crypto::b64(material), crypto::b64(&id.0), format!("{material:?}")];
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(json, format!("\"{}\"", key.as_str()));
+        let back: SessionKey = serde_json::from_str(&json).unwrap();
+        assert!(back == key && back.sealing_key().is_none());
+        for shown in [format!("{key}"), format!("{key:?}"), format!("{:?}", key.sealing_key().unwrap()), format!("{id:?}"), json] {
+            for secret in &secrets {
+                assert!(!shown.contains(secret.as_str()), "{shown} shows a secret");
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod memory;
 mod record;
 mod redis;
 mod sealed_cookie;
+mod sealed_record;
 mod store;
 
 pub use changes::{ChangeFeed, ChangeWatch};

@@ -1,8 +1,9 @@
 //! Redis store: tokens server-side, shared by every gateway instance.
 //!
 //! Layout, one string per session so a request costs one `GETEX`:
-//! `portcullis:{<key>}:session` = `<version>|<json body>`. The version sits in front of the body
-//! so the compare-and-set script reads it without decoding JSON. `portcullis:{<key>}:lease`
+//! `portcullis:{<key>}:session` = `<version>|s1:<sealed body>` (`sealed_record`: AES-256-GCM
+//! under a key derived from the session id, which Redis never sees). The version sits in clear
+//! in front of the body so the compare-and-set script reads it without the key. `portcullis:{<key>}:lease`
 //! holds the refresh lease's owner. The `{<key>}` hash tag keeps every key of one session on one
 //! Redis Cluster slot, so one script can touch them together. Every write publishes on
 //! `portcullis:{<key>}:changed`, which wakes requests waiting on other instances.
@@ -13,7 +14,9 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
-use super::{CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis};
+use super::{
+    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis, sealed_record,
+};
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
 /// multiplexed connection interleave between callers (redis-rs #565), a script runs atomically.
@@ -190,21 +193,38 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn encode(version: u64, record: &SessionRecord) -> String {
-    let body = serde_json::to_string(record).expect("a session record always serializes");
-    format!("{version}|{body}")
+/// The stored value of `record` at `version`: sealed, never clear.
+fn encode(key: &SessionKey, version: u64, record: &SessionRecord) -> Result<Vec<u8>, StoreError> {
+    sealed_record::seal(key, version, record).map_err(|_| StoreError::NoSealingKey)
 }
 
-fn decode(value: &str) -> Result<SessionRecord, StoreError> {
-    let (version, body) = value.split_once('|').ok_or_else(|| StoreError::Corrupt("no version prefix".into()))?;
-    let version = version.parse().map_err(|_| StoreError::Corrupt("version is not a number".into()))?;
-    let mut record: SessionRecord = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    record.version = version;
-    Ok(record)
+/// The record in `value`, `None` for a record that is not this session's to read.
+///
+/// - Does not open (tampered, copied from another session's key, truncated): `None`, logged.
+///   Nothing of it is used; a `503` instead would trap the browser (every retry, and even the
+///   logout, would fail on the same bytes, forever), while `None` sends it to log in again,
+///   which gives it a new id and deletes this record. The read itself deletes nothing: the
+///   bytes stay for the operator to look at, until the re-login or the idle timeout.
+/// - Clear JSON from before records were sealed: `None` too (one re-login per user after the
+///   upgrade). Accepting clear records would keep a way to plant a session under a key that
+///   anyone who can read Redis knows, and keep working tokens in clear until the next write.
+/// - An unknown format, or a sealed body that is not a record: `Corrupt` (`503`, record kept),
+///   as before: probably written by a newer gateway during a rolling upgrade, readable there.
+fn decode(key: &SessionKey, value: &mut [u8]) -> Result<Option<SessionRecord>, StoreError> {
+    use sealed_record::OpenError;
+    match sealed_record::open(key, value) {
+        Ok(record) => Ok(Some(record)),
+        Err(OpenError::NoSealingKey) => Err(StoreError::NoSealingKey),
+        Err(e @ (OpenError::NotOpenable | OpenError::Unsealed)) => {
+            tracing::warn!(session = %key, error = %e, "session record refused; the browser must log in again");
+            Ok(None)
+        }
+        Err(e @ (OpenError::Malformed(_) | OpenError::UnknownFormat | OpenError::Body(_))) => Err(StoreError::Corrupt(e.to_string())),
+    }
 }
 
 /// `SET key value NX PX ttl`: true when it was set.
-async fn set_if_absent(conn: &mut ConnectionManager, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+async fn set_if_absent(conn: &mut ConnectionManager, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
     let set: Option<String> =
         redis::cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(millis(ttl)).query_async(conn).await.map_err(unavailable)?;
     Ok(set.is_some())
@@ -217,15 +237,18 @@ fn millis(d: Duration) -> u64 {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        if key.sealing_key().is_none() {
+            return Err(StoreError::NoSealingKey);
+        }
         self.with_timeout(async {
             let mut conn = self.conn().await?;
             let rkey = session_key(key);
             let lifetimes = self.inner.lifetimes;
             // GETEX reads and restarts the idle clock in one round trip.
-            let value: Option<String> =
+            let value: Option<Vec<u8>> =
                 redis::cmd("GETEX").arg(&rkey).arg("PX").arg(millis(lifetimes.idle)).query_async(&mut conn).await.map_err(unavailable)?;
-            let Some(value) = value else { return Ok(None) };
-            let record = decode(&value)?;
+            let Some(mut value) = value else { return Ok(None) };
+            let Some(record) = decode(key, &mut value)? else { return Ok(None) };
             let ttl = lifetimes.ttl(record.created_at, now_millis());
             if ttl.is_zero() {
                 return Ok(None);
@@ -240,10 +263,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        let value = encode(key, 1, record)?;
         self.with_timeout(async {
             let mut conn = self.conn().await?;
             let ttl = self.inner.lifetimes.ttl(record.created_at, now_millis());
-            match set_if_absent(&mut conn, &session_key(key), &encode(1, record), ttl).await? {
+            match set_if_absent(&mut conn, &session_key(key), &value, ttl).await? {
                 true => Ok(()),
                 false => Err(StoreError::Corrupt("session id collision".into())),
             }
@@ -252,6 +276,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn compare_and_set(&self, key: &SessionKey, expected: u64, record: &SessionRecord) -> Result<CasOutcome, StoreError> {
+        let value = encode(key, expected + 1, record)?;
         self.with_timeout(async {
             let mut conn = self.conn().await?;
             let outcome: i64 = self
@@ -259,7 +284,7 @@ impl SessionStore for RedisStore {
                 .cas
                 .key(session_key(key))
                 .arg(expected)
-                .arg(encode(expected + 1, record))
+                .arg(value)
                 .arg(changes_channel(key))
                 .invoke_async(&mut conn)
                 .await
@@ -295,7 +320,7 @@ impl SessionStore for RedisStore {
         self.with_timeout(async {
             let mut conn = self.conn().await?;
             // SET NX: of two callbacks racing with one state, exactly one marks it.
-            set_if_absent(&mut conn, &consumed_state_key(state_hash), "1", ttl).await
+            set_if_absent(&mut conn, &consumed_state_key(state_hash), b"1", ttl).await
         })
         .await
     }
@@ -303,7 +328,7 @@ impl SessionStore for RedisStore {
     async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.with_timeout(async {
             let mut conn = self.conn().await?;
-            set_if_absent(&mut conn, &lease_key(key), owner, ttl).await
+            set_if_absent(&mut conn, &lease_key(key), owner.as_bytes(), ttl).await
         })
         .await
     }

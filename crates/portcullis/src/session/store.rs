@@ -15,6 +15,10 @@ pub enum StoreError {
     /// A stored value could not be decoded (written by an incompatible version?).
     #[error("session store returned an undecodable record: {0}")]
     Corrupt(String),
+    /// A record was to be read or written through a key without its sealing key (one parsed
+    /// back from a notification): a bug in the caller, refused rather than written in clear.
+    #[error("session key without its sealing key: the record cannot be read or written")]
+    NoSealingKey,
 }
 
 /// Result of a compare-and-set write.
