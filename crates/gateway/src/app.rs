@@ -66,6 +66,8 @@ async fn select_route(State(table): State<Arc<RouteTable>>, mut req: Request, ne
     };
     req.extensions_mut().insert(route.unauthenticated);
     req.extensions_mut().insert(portcullis::auth::CsrfProtection::from(route.config.csrf_protection));
+    // The route's settings for the library's layers (bearer mode, audiences, scopes, rules).
+    req.extensions_mut().insert(route.config.clone());
     req.extensions_mut().insert(route);
     next.run(req).await
 }

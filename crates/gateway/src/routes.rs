@@ -11,9 +11,10 @@ pub(crate) struct Route {
     pub(crate) prefix: String,
     pub(crate) upstream: Url,
     pub(crate) unauthenticated: Unauthenticated,
-    /// Every setting of the route as configured (timeouts, limits, CSRF protection).
-    #[allow(dead_code)]
-    pub(crate) config: RouteConfig,
+    /// Every setting of the route as configured (timeouts, limits, CSRF protection, bearer,
+    /// authorization rules). An `Arc`: the library's layers read it from the request's
+    /// extensions, and a per-request clone must be a pointer copy.
+    pub(crate) config: Arc<RouteConfig>,
     /// The upstream's scheme, authority and base path, parsed once here rather than on every
     /// request (the hot path only joins the request's path onto them).
     pub(crate) target: UpstreamTarget,
@@ -45,7 +46,7 @@ impl Route {
             authority: authority.parse().expect("a URL's host and port form an authority"),
             base_path: upstream.path().trim_end_matches('/').to_string(),
         };
-        Self { prefix, upstream, unauthenticated, config, target }
+        Self { prefix, upstream, unauthenticated, config: Arc::new(config), target }
     }
 }
 

@@ -43,6 +43,77 @@ pub struct Config {
     /// Connection limits and the request boundary (paths, upgrades).
     #[serde(default)]
     pub server: ServerConfig,
+    /// Who may pass, on every route (a route's own rules apply in addition).
+    #[serde(default)]
+    pub authorization: AuthorizationRules,
+    /// Bearer-token validation for API clients (routes with `bearer = "jwt"` or `"introspect"`).
+    #[serde(default)]
+    pub bearer: BearerConfig,
+}
+
+/// Rules a caller (browser session or bearer token) must satisfy. Every non-empty list must be
+/// satisfied (AND); within a list any entry suffices (OR). Empty rules let every authenticated
+/// caller pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRules {
+    /// The caller's verified email must end in `@<domain>` for one of these (`*` allows any).
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// The caller's verified email must be one of these (compared case-insensitively).
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+    /// The caller must be in at least one of these groups (from `oidc.groups_claim`).
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// Claim name → accepted values: the claim (a string, or an array of strings) must hold one
+    /// of them (roles, `acr`, tenant ids).
+    #[serde(default)]
+    pub require_claims: BTreeMap<String, Vec<String>>,
+}
+
+impl AuthorizationRules {
+    /// No rule at all: every authenticated caller passes.
+    pub fn is_empty(&self) -> bool {
+        self.allowed_email_domains.is_empty()
+            && self.allowed_emails.is_empty()
+            && self.allowed_groups.is_empty()
+            && self.require_claims.is_empty()
+    }
+}
+
+/// Bearer-token validation settings shared by every route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerConfig {
+    /// Introspection answers kept at most this many tokens (least recently used dropped).
+    #[serde(default = "default_introspection_cache_entries")]
+    pub introspection_cache_entries: usize,
+    /// An introspection answer is reused at most this long (and never past the token's `exp`).
+    #[serde(default = "default_introspection_cache_ttl", with = "humantime_serde")]
+    pub introspection_cache_ttl: Duration,
+}
+
+impl Default for BearerConfig {
+    fn default() -> Self {
+        Self {
+            introspection_cache_entries: default_introspection_cache_entries(),
+            introspection_cache_ttl: default_introspection_cache_ttl(),
+        }
+    }
+}
+
+/// How a route treats `Authorization: Bearer` from API clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BearerMode {
+    /// Bearer tokens are not accepted as authentication (a session cookie is needed).
+    #[default]
+    Off,
+    /// Validated locally against the OP's JWKS (signature, `iss`, `aud`, `exp`/`nbf`, scopes).
+    Jwt,
+    /// Validated by RFC 7662 introspection at the OP, answers cached.
+    Introspect,
 }
 
 /// What the gateway accepts from clients before anything else looks at a request.
@@ -142,6 +213,9 @@ pub struct OidcConfig {
     /// The JWKS is fetched again this often, so a key the OP dropped stops being trusted.
     #[serde(default = "default_jwks_refresh_interval", with = "humantime_serde")]
     pub jwks_refresh_interval: Duration,
+    /// Claim holding the user's groups (`X-Forwarded-Groups`, `allowed_groups`).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
     /// Discovery runs again this often (endpoints and `jwks_uri` may move).
     #[serde(default = "default_discovery_refresh_interval", with = "humantime_serde")]
     pub discovery_refresh_interval: Duration,
@@ -228,6 +302,7 @@ impl std::fmt::Debug for OidcConfig {
             post_logout_redirect_url,
             allow_unverified_email,
             jwks_refresh_interval,
+            groups_claim,
             discovery_refresh_interval,
         } = self;
         f.debug_struct("OidcConfig")
@@ -245,6 +320,7 @@ impl std::fmt::Debug for OidcConfig {
             .field("extra_auth_params", extra_auth_params)
             .field("post_logout_redirect_url", &post_logout_redirect_url.as_ref().map(Url::as_str))
             .field("allow_unverified_email", allow_unverified_email)
+            .field("groups_claim", groups_claim)
             .field("jwks_refresh_interval", jwks_refresh_interval)
             .field("discovery_refresh_interval", discovery_refresh_interval)
             .finish()
@@ -395,6 +471,18 @@ pub struct RouteConfig {
     /// Largest request body forwarded, in bytes (413 above it); unset: no limit.
     #[serde(default)]
     pub max_request_body_bytes: Option<u64>,
+    /// Rules for this route, in addition to the global `[authorization]` ones.
+    #[serde(default)]
+    pub authorization: AuthorizationRules,
+    /// Whether API clients may authenticate with their own bearer token here.
+    #[serde(default)]
+    pub bearer: BearerMode,
+    /// Accepted `aud` values of bearer tokens (required when `bearer = "jwt"`).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Scopes a bearer token must carry (all of them), else 403 `insufficient_scope`.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
 }
 
 impl RouteConfig {
@@ -408,6 +496,10 @@ impl RouteConfig {
             connect_timeout: default_connect_timeout(),
             response_header_timeout: default_response_header_timeout(),
             max_request_body_bytes: None,
+            authorization: AuthorizationRules::default(),
+            bearer: BearerMode::Off,
+            audiences: Vec::new(),
+            required_scopes: Vec::new(),
         }
     }
 }
@@ -465,6 +557,15 @@ fn default_grace_period() -> Duration {
 }
 fn default_poll_interval() -> Duration {
     Duration::from_millis(250)
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_introspection_cache_entries() -> usize {
+    10_000
+}
+fn default_introspection_cache_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_true() -> bool {
     true

@@ -26,7 +26,7 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::{
-    Authenticator, Failure, RequestKind,
+    Authenticator, Caller, Failure, RequestKind,
     cross_site::{self, Site},
     identity_headers,
 };
@@ -155,6 +155,7 @@ where
                     identity_headers::set_identity(headers, &session.record);
                     identity_headers::strip_cookie(headers, &cookie_name);
                     let set_cookies = session.set_cookies.clone();
+                    req.extensions_mut().insert(Caller::Session(session.record.clone()));
                     req.extensions_mut().insert(session);
                     let mut response = inner.call(req).await?;
                     for cookie in set_cookies {

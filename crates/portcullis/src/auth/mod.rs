@@ -1,6 +1,7 @@
 //! Authentication of browser sessions: login, the refresh coordinator, the tower layer.
 
 mod authenticator;
+mod caller;
 mod cookie_sessions;
 mod cookies;
 mod cross_site;
@@ -17,6 +18,7 @@ mod return_to;
 mod stats;
 
 pub use authenticator::{AuthError, Authenticator, Session};
+pub use caller::Caller;
 pub use cookies::CookieSettings;
 pub use endpoints::routes;
 pub use layer::{AuthLayer, AuthService, CsrfProtection};

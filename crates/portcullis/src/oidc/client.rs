@@ -27,6 +27,7 @@ pub struct OidcClient {
     algorithms: Vec<Algorithm>,
     clock_skew: std::time::Duration,
     user_claim: String,
+    groups_claim: String,
     extra_auth_params: Vec<(String, String)>,
     allow_unverified_email: bool,
 }
@@ -63,6 +64,7 @@ impl OidcClient {
             algorithms,
             clock_skew: config.clock_skew,
             user_claim: config.user_claim.clone(),
+            groups_claim: config.groups_claim.clone(),
             extra_auth_params: config.extra_auth_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             allow_unverified_email: config.allow_unverified_email,
         })
@@ -213,7 +215,7 @@ impl OidcClient {
         };
         let email = claims.get("email").and_then(Value::as_str).map(String::from);
         let groups = claims
-            .get("groups")
+            .get(&self.groups_claim)
             .and_then(Value::as_array)
             .map(|g| g.iter().filter_map(Value::as_str).map(String::from).collect())
             .unwrap_or_default();
