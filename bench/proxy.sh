@@ -48,6 +48,7 @@
 #                             switched on for a fixed wrk run only (BENCH_CALLGRIND_DURATION [5s],
 #                             wrk -t1 -c8), so startup and login are not counted. Instruction
 #                             counts do not move with the machine's load, unlike wall-clock figures
+#                             (BENCH_TARGETS=... selects which; direct is skipped)
 #
 # Besides requests/s and latency, the table gives the CPU time the process under test spent
 # per request during the measured run (utime+stime from /proc, workers included): on a small
@@ -606,14 +607,15 @@ log "table appended to $RESULTS_DIR/proxy.md; raw wrk output in $RUN_DIR"
 
 # --- optional instruction counts ------------------------------------------------------------------
 # callgrind_run NAME URL: wrk against URL while the process under valgrind (CG_PID) collects;
-# prints instructions per request. Collection is off from start-up (--collect-atstart=no), on for
-# the wrk run only, then dumped: startup, discovery and login are not counted.
+# prints instructions per request. Instrumentation is off from start-up (--instr-atstart=no), on
+# for the wrk run only (counters zeroed first), then dumped: startup, discovery and login are not
+# counted.
 CG_PID=""
 callgrind_run() {
   local name=$1 url=$2 out="$RUN_DIR/wrk-$1-callgrind.txt" n ir
   check "$url"
-  callgrind_control -z "$CG_PID" >/dev/null
   callgrind_control -i on "$CG_PID" >/dev/null
+  callgrind_control -z "$CG_PID" >/dev/null
   "${LOAD_CPU[@]}" wrk -t1 -c8 -d"$CALLGRIND_DURATION" -H "Cookie: portcullis=$COOKIE" "$url" >"$out"
   callgrind_control -i off "$CG_PID" >/dev/null
   callgrind_control -d "$CG_PID" >/dev/null
@@ -628,7 +630,7 @@ callgrind_run() {
 }
 declare -A IR IRN
 if [[ $CALLGRIND == 1 ]]; then
-  VG=(valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p")
+  VG=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p")
   for target in $TARGETS; do
     case $target in
       nginx)

@@ -264,11 +264,12 @@ impl Segment {
                 }
             }
             match CLASS[decoded as usize] {
-                Class::Unreserved => out.keep_or_push(i, width, &[decoded]),
-                Class::Raw if width == 1 => out.keep(i, 1),
+                // Sub-delimiters, `:` and `@` are decoded too: Go's mux, Tomcat, Spring and WSGI
+                // all decode them, so `/items%3Apurge` must be matched as `/items:purge`.
+                Class::Unreserved | Class::Raw => out.keep_or_push(i, width, &[decoded]),
                 Class::Parameter if refuse_parameters => return Err(PathRefusal::PathParameter),
                 Class::Parameter if width == 1 => out.keep(i, 1),
-                Class::Raw | Class::Parameter | Class::Encode => {
+                Class::Parameter | Class::Encode => {
                     // `%25` then two characters that are hex once decoded: a second decoding
                     // would make them an escape.
                     if decoded == b'%' && is_escape_after_decoding(input, i + width, end) {
@@ -331,8 +332,9 @@ fn encoded(b: u8) -> [u8; 3] {
 enum Class {
     /// `ALPHA DIGIT - . _ ~`: always raw (decoded when encoded).
     Unreserved,
-    /// Sub-delimiters but `;`, and `:` `@`: raw when raw, encoded when encoded (RFC 3986 §2.2:
-    /// an encoded reserved character is not the same as the raw one).
+    /// Sub-delimiters but `;`, and `:` `@`: allowed raw in a segment, and decoded when encoded.
+    /// RFC 3986 §2.2 says an encoded reserved character differs from the raw one, but the
+    /// upstreams behind a gateway decode them alike, so one spelling must be chosen: the raw one.
     Raw,
     /// `;`: refused, or passed as it came (`server.path_parameters`).
     Parameter,
@@ -520,7 +522,7 @@ pub(crate) mod tests {
             ("/app/x", ok("/app/x")),
             ("/app/x/", ok("/app/x/")),
             ("/a-b_c.d~e/!$&'()*+,=:@", ok("/a-b_c.d~e/!$&'()*+,=:@")),
-            ("/%C3%A9/%20/%3A/%40/%25", ok("/%C3%A9/%20/%3A/%40/%25")),
+            ("/%C3%A9/%20/%3A/%40/%25", ok("/%C3%A9/%20/:/@/%25")),
             ("/.hidden/...", ok("/.hidden/...")),
             // Repeated slashes merged.
             ("//admin", ok("/admin")),
@@ -542,7 +544,9 @@ pub(crate) mod tests {
             ("/%2ehidden", ok("/.hidden")),
             ("/%2e%2e%2e", ok("/...")),
             ("/%c3%a9", ok("/%C3%A9")),
-            ("/%3a%40%21", ok("/%3A%40%21")),
+            ("/%3a%40%21", ok("/:@!")),
+            ("/v1/items%3Apurge", ok("/v1/items:purge")),
+            ("/%24%26%27%28%29%2A%2B%2C%3D", ok("/$&'()*+,=")),
             ("/%20", ok("/%20")),
             // Characters that must not be raw are encoded: one spelling for `é` and `%C3%A9`.
             ("/é", ok("/%C3%A9")),

@@ -83,7 +83,11 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     if !path.exists() {
         anyhow::bail!("configuration file {} not found (pass --config FILE)", path.display());
     }
-    Config::load(path).with_context(|| format!("invalid configuration in {}", path.display()))
+    let config = Config::load(path).with_context(|| format!("invalid configuration in {}", path.display()))?;
+    crate::routes::check_prefixes(&config.routes)
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| format!("invalid configuration in {}", path.display()))?;
+    Ok(config)
 }
 
 /// Logs to stderr; `PORTCULLIS_LOG` (or `RUST_LOG`) sets the filter, `info` by default.

@@ -70,11 +70,45 @@ impl RouteTable {
     }
 }
 
+/// Whether `prefix` covers `path`. Fails closed against upstreams that read paths more loosely
+/// than RFC 3986: letters compare case-insensitively (Express and koa-router route `/ADMIN` to
+/// `/admin` by default, as do IIS and ASP.NET), and a prefix's trailing slash is optional
+/// (`/admin/` also covers `/admin`, which Express and Spring serve alike). A route can only
+/// cover more paths this way, never fewer.
 fn matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
-        None => false,
+    let bare = prefix.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(prefix).as_bytes();
+    let path = path.as_bytes();
+    if path.len() < bare.len() || !path[..bare.len()].eq_ignore_ascii_case(bare) {
+        return false;
     }
+    let rest = &path[bare.len()..];
+    bare == b"/" || rest.is_empty() || rest[0] == b'/' || rest[0] == b'?'
+}
+
+/// The prefix as the table compares it: a route table must not hold two that cover the same
+/// paths.
+fn comparable(prefix: &str) -> String {
+    prefix.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(prefix).to_ascii_lowercase()
+}
+
+/// What the route table needs of the configured prefixes beyond the schema: each in canonical
+/// form (a prefix such as `/%7Euser` or `/a//b` could never match a canonical path, and its
+/// traffic would silently fall to a shorter route), and no two covering the same paths.
+pub(crate) fn check_prefixes(routes: &[RouteConfig]) -> Result<(), String> {
+    for (i, route) in routes.iter().enumerate() {
+        match crate::canonical_path::canonicalize_path(&route.prefix, portcullis::config::PathParameters::Pass) {
+            Ok(canonical) if canonical == route.prefix => {}
+            Ok(canonical) => return Err(format!("routes[{i}].prefix: {:?} is not in canonical form; write {:?}", route.prefix, canonical)),
+            Err(e) => return Err(format!("routes[{i}].prefix: {e}")),
+        }
+        if let Some(j) = routes[..i].iter().position(|r| comparable(&r.prefix) == comparable(&route.prefix)) {
+            return Err(format!(
+                "routes[{i}].prefix: {:?} covers the same paths as routes[{j}] ({:?}): prefixes match case-insensitively, with or without a trailing slash",
+                route.prefix, routes[j].prefix
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,10 +131,35 @@ mod tests {
             ("/api/users", "http://api/"),
             ("/apix", "http://root/"),
             ("/api/public/x", "http://public/"),
-            ("/api/public", "http://api/"),
+            ("/api/public", "http://public/"),
+            ("/API/Users", "http://api/"),
+            ("/Api/PUBLIC/x", "http://public/"),
+            ("/apiX", "http://root/"),
         ];
         for (path, upstream) in cases {
             assert_eq!(t.lookup(path).unwrap().upstream.as_str(), upstream, "{path}");
+        }
+    }
+
+    #[test]
+    fn prefixes_must_be_canonical_and_distinct() {
+        let route = |prefix: &str| RouteConfig::new(prefix, "http://u".parse().unwrap(), Unauthenticated::Login);
+        let cases: [(&[&str], Option<&str>); 7] = [
+            (&["/", "/api", "/api/v1/"], None),
+            (&["/%7Euser"], Some("routes[0].prefix: \"/%7Euser\" is not in canonical form; write \"/~user\"")),
+            (&["/a//b"], Some("routes[0].prefix")),
+            (&["/a/../b"], Some("routes[0].prefix")),
+            (&["/api", "/API"], Some("routes[1].prefix")),
+            (&["/api", "/api/"], Some("routes[1].prefix")),
+            (&["/a%2Fb"], Some("routes[0].prefix")),
+        ];
+        for (prefixes, error) in cases {
+            let routes: Vec<RouteConfig> = prefixes.iter().map(|p| route(p)).collect();
+            match (check_prefixes(&routes), error) {
+                (Ok(()), None) => {}
+                (Err(e), Some(expected)) => assert!(e.starts_with(expected), "{prefixes:?}: {e}"),
+                (got, want) => panic!("{prefixes:?}: got {got:?}, want {want:?}"),
+            }
         }
     }
 
@@ -172,6 +231,15 @@ mod tests {
             decode(path)
         }
 
+        /// Express / koa-router / IIS: routes compared case-insensitively, trailing slash optional.
+        pub(super) fn case_folding(path: &str) -> String {
+            let lower = go(path).to_ascii_lowercase();
+            match lower.strip_suffix('/') {
+                Some(bare) if !bare.is_empty() => bare.to_string(),
+                _ => lower,
+            }
+        }
+
         /// A stack that decodes twice (a decoding proxy in front of a decoding app).
         pub(super) fn double_decoding(path: &str) -> String {
             clean(&decode(&decode(path)), true)
@@ -194,6 +262,7 @@ mod tests {
                 route("/app", Unauthenticated::Login),
                 route("/admin", Unauthenticated::Deny),
                 route("/admin/public", Unauthenticated::Allow),
+                route("/v1/items:purge", Unauthenticated::Deny),
             ])
         }
 
@@ -202,7 +271,8 @@ mod tests {
         }
 
         type Reader = fn(&str) -> String;
-        const READERS: [(&str, Reader); 4] = [("go", go), ("servlet", servlet), ("wsgi", wsgi), ("double-decoding", double_decoding)];
+        const READERS: [(&str, Reader); 5] =
+            [("go", go), ("servlet", servlet), ("wsgi", wsgi), ("double-decoding", double_decoding), ("case-folding", case_folding)];
         const NORMALIZING_READERS: [(&str, Reader); 3] = [("go", go), ("servlet", servlet), ("double-decoding", double_decoding)];
 
         proptest! {

@@ -47,7 +47,7 @@ use portcullis::config::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     task::JoinSet,
     time::Instant,
 };
@@ -132,9 +132,10 @@ fn builder(limits: &ServerConfig) -> Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)
         .keep_alive_interval(limits.keep_alive_timeout)
-        .keep_alive_timeout(Duration::from_secs(20))
-        // Extended CONNECT (RFC 8441), as `axum::serve` enabled: WebSocket over HTTP/2.
-        .enable_connect_protocol();
+        .keep_alive_timeout(Duration::from_secs(20));
+    // Extended CONNECT (RFC 8441, WebSocket over HTTP/2) is not advertised: the proxy speaks
+    // HTTP/1.1 upstream, where hyper-util turns a CONNECT into `CONNECT host:port` and drops the
+    // path the route table matched. Browsers fall back to WebSocket over HTTP/1.1.
     builder
 }
 
@@ -208,6 +209,14 @@ struct ClockSettings {
     keep_alive: Duration,
 }
 
+impl ClockSettings {
+    /// How often an idle or busy connection looks at its clock: a limit is enforced at most
+    /// this late. 10 ms at least, so a tiny test timeout does not spin.
+    fn tick(&self) -> Duration {
+        (self.header_read.min(self.keep_alive) / 4).max(Duration::from_millis(10))
+    }
+}
+
 /// Which limit a connection ran out of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expiry {
@@ -233,10 +242,15 @@ enum Expiry {
 /// "In flight" lasts from the request head until the response body has ended or been
 /// dropped, so a long download or event stream is not idle. Pipelined HTTP/1 requests read
 /// ahead while one is in flight start their head clock only once the connection is idle.
+///
+/// The clock is read, not pushed: the connection's task checks it every `tick` (a quarter of the
+/// shorter limit) instead of being notified of every request start and end. A notification per
+/// request woke the connection's own task once more per request, and re-armed a timer each
+/// idle spell: measured under callgrind, that was a large share of the hot path's added cost
+/// (BENCHMARKS.md). The price is precision: a limit is enforced up to one tick late.
 struct Clock {
     settings: ClockSettings,
     state: Mutex<ClockState>,
-    changed: Notify,
 }
 
 struct ClockState {
@@ -252,7 +266,6 @@ impl Clock {
         Self {
             settings,
             state: Mutex::new(ClockState { in_flight: 0, h2: false, head_since: Some(now), idle_since: now }),
-            changed: Notify::new(),
         }
     }
 
@@ -273,8 +286,6 @@ impl Clock {
         let mut state = self.state();
         if state.in_flight == 0 && state.head_since.is_none() && !state.h2 {
             state.head_since = Some(Instant::now());
-            drop(state);
-            self.changed.notify_one();
         }
     }
 
@@ -285,7 +296,6 @@ impl Clock {
         state.head_since = None;
         state.h2 |= h2;
         drop(state);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -294,8 +304,6 @@ impl Clock {
         state.in_flight -= 1;
         if state.in_flight == 0 {
             state.idle_since = Instant::now();
-            drop(state);
-            self.changed.notify_one();
         }
     }
 
@@ -310,19 +318,17 @@ impl Clock {
         })
     }
 
-    /// Resolves once the connection has passed its current deadline. Cancel-safe: a change
-    /// notified while nobody waits is kept (`Notify` stores one permit) for the next call.
+    /// Resolves once the connection has passed its current deadline, checked every tick.
+    /// Cancel-safe: it holds no state of its own.
     async fn expired(&self) -> Expiry {
+        let tick = self.settings.tick();
         loop {
             match self.deadline() {
-                None => self.changed.notified().await,
                 Some((at, expiry)) if at <= Instant::now() => return expiry,
-                Some((at, _)) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at) => {}
-                        () = self.changed.notified() => {}
-                    }
-                }
+                // Sleep to the deadline when it is near, else one tick: a head may start (or a
+                // request begin or end) meanwhile, and the next check sees it.
+                Some((at, _)) => tokio::time::sleep_until(at.min(Instant::now() + tick)).await,
+                None => tokio::time::sleep(tick).await,
             }
         }
     }

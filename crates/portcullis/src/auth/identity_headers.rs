@@ -126,22 +126,25 @@ fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 /// `Path=/oauth2/callback` still matches proxied paths such as `/oauth2/callback/x`.
 /// A request without any of them is left untouched (no allocation).
 pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
-    let base = unprefixed(cookie_name);
-    let ours = |pair: &str| pair.split_once('=').is_some_and(|(name, _)| in_namespace(name.trim(), base));
-    let present = headers.get_all(header::COOKIE).iter().any(|v| v.to_str().is_ok_and(|t| t.split(';').any(ours)));
-    if !present {
+    let base = unprefixed(cookie_name).as_bytes();
+    // Bytes throughout: a header with another cookie's non-ASCII byte in it must still lose ours.
+    if !crate::cookie_header::pairs(headers).any(|(name, _)| in_namespace(name, base)) {
         return;
     }
     let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     headers.remove(header::COOKIE);
     for value in values {
-        let Ok(text) = value.to_str() else {
-            headers.append(header::COOKIE, value);
-            continue;
-        };
-        let kept: Vec<&str> = text.split(';').map(str::trim).filter(|pair| !pair.is_empty() && !ours(pair)).collect();
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|&b| b == b';')
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| {
+                let name = pair.iter().position(|&b| b == b'=').map_or(*pair, |at| pair[..at].trim_ascii());
+                !pair.is_empty() && !in_namespace(name, base)
+            })
+            .collect();
         if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+            && let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..]))
         {
             headers.append(header::COOKIE, v);
         }
@@ -153,9 +156,10 @@ fn unprefixed(name: &str) -> &str {
 }
 
 /// `base`, or `base_<anything>`, optionally `__Host-`/`__Secure-` prefixed.
-fn in_namespace(name: &str, base: &str) -> bool {
-    match unprefixed(name).strip_prefix(base) {
-        Some(rest) => rest.is_empty() || rest.starts_with('_'),
+fn in_namespace(name: &[u8], base: &[u8]) -> bool {
+    let name = name.strip_prefix(b"__Host-").or_else(|| name.strip_prefix(b"__Secure-")).unwrap_or(name);
+    match name.strip_prefix(base) {
+        Some(rest) => rest.is_empty() || rest.starts_with(b"_"),
         None => false,
     }
 }
@@ -186,6 +190,14 @@ mod tests {
         strip_cookie(&mut h, "portcullis");
         let all: Vec<_> = h.get_all(header::COOKIE).iter().map(|v| v.to_str().unwrap().to_string()).collect();
         assert_eq!(all, vec!["a=1; b=2".to_string()]);
+    }
+
+    #[test]
+    fn a_non_ascii_cookie_does_not_shield_ours() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_bytes(b"name=Jos\xc3\xa9; portcullis=secret; portcullis_1=c").unwrap());
+        strip_cookie(&mut h, "portcullis");
+        assert_eq!(h.get(header::COOKIE).unwrap().as_bytes(), b"name=Jos\xc3\xa9", "ours removed, the app's kept as sent");
     }
 
     #[test]

@@ -60,6 +60,10 @@ impl Authenticator {
         };
         let return_to = match safe_return_path(return_to) {
             Some(path) if path.len() <= login_state::MAX_RETURN_TO => path,
+            Some(path) if path.split('?').next().is_some_and(|p| p.len() <= login_state::MAX_RETURN_TO) => {
+                tracing::info!("return path too long to keep across the login; the login returns to it without its query");
+                path.split('?').next().unwrap_or("/")
+            }
             Some(_) => {
                 tracing::info!("return path too long to keep across the login; the login returns to /");
                 "/"

@@ -29,9 +29,11 @@ use crate::{
 /// cookies add to every request (they are `Path=/`, as `__Host-` requires) stays a few KB.
 pub(crate) const MAX_PENDING_LOGINS: usize = 5;
 
-/// Longest return path kept across a login; a longer one returns to `/`. Bounds the cookie
-/// (browsers drop cookies over ~4 KB, which would make the login fail as "another browser").
-pub(crate) const MAX_RETURN_TO: usize = 2048;
+/// Longest return path kept across a login; a longer one keeps its path without the query, or
+/// returns to `/`. Bounds the cookie to about 1 KB: five of them ride on every request to the
+/// host while logins are pending, and a front proxy with nginx's default 8 KB header buffer
+/// would refuse every request (the user locked out for `login_timeout`) at 3 KB each.
+pub(crate) const MAX_RETURN_TO: usize = 512;
 
 /// Names what a sealed value is for: a login state cannot be replayed as any other seal.
 const AAD: &[u8] = b"portcullis/login-state/v1";
@@ -130,14 +132,10 @@ const MAX_EXAMINED: usize = 4 * MAX_PENDING_LOGINS;
 /// opened.
 pub(crate) fn present(headers: &HeaderMap, prefix: &str, sealer: &LoginSealer) -> Vec<PresentLogin> {
     let mut seen: Vec<PresentLogin> = Vec::new();
-    let pairs = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='));
+    // Bytes, not `to_str`: another cookie's non-ASCII byte must not hide ours.
+    let pairs = crate::cookie_header::pairs(headers)
+        .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(value).ok()?)));
     for (name, value) in pairs {
-        let value = value.trim_matches('"');
         let Some(id) = name.strip_prefix(prefix) else { continue };
         if id.is_empty() || seen.iter().any(|p| p.name == name) {
             continue;
