@@ -3,12 +3,13 @@
 mod client;
 mod http;
 pub(crate) mod id_token;
-mod jwks;
+pub(crate) mod jwks;
 mod metadata;
 pub(crate) mod pkce;
 mod token;
 
 pub use client::{OidcClient, Refreshed};
+pub(crate) use client::email_unverified;
 pub use metadata::ProviderMetadata;
 pub use token::TokenError;
 
@@ -38,6 +39,9 @@ pub enum OidcError {
     /// `oidc.allow_unverified_email` is off.
     #[error("the OP has not verified the user's email address")]
     UnverifiedEmail,
+    /// The introspection endpoint failed (transport, non-2xx, not a JSON object).
+    #[error("introspection: {0}")]
+    Introspection(String),
     /// Revocation failed.
     #[error("revocation: {0}")]
     Revocation(String),
