@@ -97,6 +97,12 @@ impl OidcClient {
             .send()
             .await
             .map_err(|e| OidcError::Introspection(super::http::describe(&e)))?;
+        // 400: the OP read the request and will not vouch for the token (oidc-provider answers
+        // so for a JWT it issued itself): inactive. 401/403 (our credentials) and 5xx say
+        // nothing about the token: the caller answers 503.
+        if response.status() == reqwest::StatusCode::BAD_REQUEST {
+            return Ok(Some(serde_json::Map::from_iter([("active".to_string(), Value::Bool(false))])));
+        }
         if !response.status().is_success() {
             return Err(OidcError::Introspection(format!("HTTP {}", response.status())));
         }
