@@ -799,7 +799,10 @@ pub fn generate_secret() -> String {
     base64::engine::general_purpose::STANDARD.encode(crate::crypto::random_bytes::<48>())
 }
 
+mod builder;
 mod secret_strength;
+
+pub use builder::ConfigBuilder;
 
 #[cfg(test)]
 mod tests;
