@@ -757,10 +757,16 @@ impl Config {
             // for any API of the OP; scopes or audiences on a route without bearer tokens
             // would look enforced and be ignored.
             if route.bearer == BearerMode::Jwt && route.audiences.is_empty() {
-                return Err(invalid(&format!("routes[{i}].audiences"), "required when bearer = \"jwt\" (the API's identifier, the tokens' aud)"));
+                return Err(invalid(
+                    &format!("routes[{i}].audiences"),
+                    "required when bearer = \"jwt\" (the API's identifier, the tokens' aud)",
+                ));
             }
             if route.bearer == BearerMode::Off && !(route.audiences.is_empty() && route.required_scopes.is_empty()) {
-                return Err(invalid(&format!("routes[{i}].bearer"), "audiences and required_scopes need bearer = \"jwt\" or \"introspect\""));
+                return Err(invalid(
+                    &format!("routes[{i}].bearer"),
+                    "audiences and required_scopes need bearer = \"jwt\" or \"introspect\"",
+                ));
             }
             // Scopes are named in the 403's WWW-Authenticate (RFC 6750 §3: scope-token chars).
             if route.required_scopes.iter().any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {

@@ -30,13 +30,10 @@ pub fn app(config: &Config) -> (Router, tokio::task::JoinHandle<()>) {
     let discovery = provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
     let authenticator = Authenticator::new(config, store, provider);
 
-    let protected = Router::new()
-        .route("/me", get(me))
-        .route("/api/orders", get(orders))
-        .route_layer(
-            AuthLayer::new(authenticator.clone(), Unauthenticated::Login)
-                .with_bearer(BearerSettings::jwt([API_AUDIENCE]).require_scopes(["api:read"])),
-        );
+    let protected = Router::new().route("/me", get(me)).route("/api/orders", get(orders)).route_layer(
+        AuthLayer::new(authenticator.clone(), Unauthenticated::Login)
+            .with_bearer(BearerSettings::jwt([API_AUDIENCE]).require_scopes(["api:read"])),
+    );
     let router = Router::new().route("/", get(|| async { "Public page. Try /me." })).merge(protected).merge(auth::routes(authenticator));
     (router, discovery)
 }

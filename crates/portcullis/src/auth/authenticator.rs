@@ -196,7 +196,11 @@ impl Authenticator {
 
     /// [`Authenticator::authenticate_bearer`] with the policy given directly (library users
     /// without a route table).
-    pub async fn authenticate_bearer_with(&self, headers: &HeaderMap, policy: &BearerPolicy<'_>) -> Result<Option<Arc<Identity>>, BearerError> {
+    pub async fn authenticate_bearer_with(
+        &self,
+        headers: &HeaderMap,
+        policy: &BearerPolicy<'_>,
+    ) -> Result<Option<Arc<Identity>>, BearerError> {
         if policy.mode == BearerMode::Off {
             return Ok(None);
         }
@@ -208,7 +212,9 @@ impl Authenticator {
             }
             Err(e) => {
                 match &e {
-                    BearerError::Unavailable(why) => tracing::warn!(token = %bearer::log_tag(token), error = %why, "bearer token could not be checked"),
+                    BearerError::Unavailable(why) => {
+                        tracing::warn!(token = %bearer::log_tag(token), error = %why, "bearer token could not be checked")
+                    }
                     e => tracing::info!(token = %bearer::log_tag(token), error = %e, "bearer token refused"),
                 }
                 Err(e)

@@ -23,7 +23,12 @@ fn is_access_token_type(typ: &str) -> bool {
 /// operator may well list as an audience; its `typ` is `JWT` or absent. OPs that issue JWT
 /// access tokens without `at+jwt` (older Keycloak, Entra ID v1) are served by
 /// `bearer = "introspect"` instead.
-pub(super) async fn validate(token: &str, client: &OidcClient, audiences: &[String], skew: Duration) -> Result<Map<String, Value>, BearerError> {
+pub(super) async fn validate(
+    token: &str,
+    client: &OidcClient,
+    audiences: &[String],
+    skew: Duration,
+) -> Result<Map<String, Value>, BearerError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| BearerError::Invalid("malformed token"))?;
     if !header.typ.as_deref().is_some_and(is_access_token_type) {
         return Err(BearerError::Invalid("not an access token (typ is not at+jwt)"));

@@ -208,7 +208,8 @@ impl BearerValidator {
                     introspect::Introspected::Refused(why) => return Err(BearerError::Invalid(why)),
                     introspect::Introspected::Active { identity, scopes, audiences } => {
                         // The cache serves every route: the audience is judged per route.
-                        if !policy.audiences.is_empty() && !audiences.is_empty() && !audiences.iter().any(|a| policy.audiences.contains(a)) {
+                        if !policy.audiences.is_empty() && !audiences.is_empty() && !audiences.iter().any(|a| policy.audiences.contains(a))
+                        {
                             return Err(BearerError::Invalid("the token is for another audience"));
                         }
                         (identity.clone(), scopes.clone())
@@ -283,7 +284,8 @@ mod tests {
     #[test]
     fn bearer_token_parsing() {
         // (Authorization values, expected: Ok(Some(token)) / Ok(None) / Err)
-        let table: &[(&[&str], Result<Option<&str>, ()>)] = &[
+        type Row<'a> = (&'a [&'a str], Result<Option<&'a str>, ()>);
+        let table: &[Row<'_>] = &[
             (&[], Ok(None)),
             (&["Basic Zm9vOmJhcg=="], Ok(None)),
             (&["Bearer abc.def-ghi_~+/=="], Ok(Some("abc.def-ghi_~+/=="))),

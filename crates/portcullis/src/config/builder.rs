@@ -213,7 +213,10 @@ mod tests {
             ),
             (
                 "scopes on a route without bearer tokens",
-                base().route(RouteConfig { required_scopes: vec!["api:read".into()], ..RouteConfig::new("/api", upstream(), Unauthenticated::Deny) }),
+                base().route(RouteConfig {
+                    required_scopes: vec!["api:read".into()],
+                    ..RouteConfig::new("/api", upstream(), Unauthenticated::Deny)
+                }),
                 "routes[0].bearer",
             ),
             (

@@ -3,13 +3,13 @@
 mod client;
 mod http;
 pub(crate) mod id_token;
-pub(crate) mod jwks;
+mod jwks;
 mod metadata;
 pub(crate) mod pkce;
 mod token;
 
-pub use client::{OidcClient, Refreshed};
 pub(crate) use client::email_unverified;
+pub use client::{OidcClient, Refreshed};
 pub use metadata::ProviderMetadata;
 pub use token::TokenError;
 
