@@ -21,7 +21,7 @@
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 
-import Provider, { interactionPolicy } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 
 // ---------------------------------------------------------------------------
 // Configuration from the environment
@@ -72,6 +72,16 @@ if (REDIRECT_URIS.length === 0) fail('REDIRECT_URIS is required (comma separated
 const ACCESS_TOKEN_TTL = envInt('ACCESS_TOKEN_TTL', 5);
 if (ACCESS_TOKEN_TTL === 0) fail('ACCESS_TOKEN_TTL must be at least 1 second');
 
+// API clients (issue 9): a confidential client allowed only the client_credentials grant,
+// and one resource server. A token requested with `resource=http://api.test` is a JWT access
+// token (RFC 9068, `typ: at+jwt`, `aud: http://api.test`, signed with the OP's key); one
+// requested without a resource is opaque (for the gateway's introspection mode). Both live
+// API_TOKEN_TTL seconds (runtime knob `api_token_ttl`).
+const API_CLIENT_ID = process.env.API_CLIENT_ID || 'api-client';
+const API_CLIENT_SECRET = process.env.API_CLIENT_SECRET || 'api-client-secret';
+const API_RESOURCE = process.env.API_RESOURCE || 'http://api.test';
+const API_SCOPES = 'api:read api:write';
+
 const DEBUG = envBool('OP_DEBUG', false);
 const debug = DEBUG ? (...a) => process.stderr.write(`[op] ${a.join(' ')}\n`) : () => {};
 
@@ -80,6 +90,7 @@ const runtime = {
   rotate_refresh_token: envBool('ROTATE_REFRESH_TOKEN', true),
   token_delay_ms: envInt('TOKEN_DELAY_MS', 0),
   token_fail: null, // null | "500" | "invalid_grant" | "timeout"
+  api_token_ttl: envInt('API_TOKEN_TTL', 300), // seconds, client_credentials tokens
 };
 const TOKEN_FAIL_MODES = new Set([null, '500', 'invalid_grant', 'timeout', '502_after', '504_after']);
 
@@ -190,6 +201,15 @@ const baseClient = {
 const clients = [
   { ...baseClient, client_id: CLIENT_ID, token_endpoint_auth_method: 'client_secret_basic' },
   { ...baseClient, client_id: `${CLIENT_ID}-post`, token_endpoint_auth_method: 'client_secret_post' },
+  {
+    client_id: API_CLIENT_ID,
+    client_secret: API_CLIENT_SECRET,
+    grant_types: ['client_credentials'],
+    redirect_uris: [],
+    response_types: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+    scope: API_SCOPES,
+  },
 ];
 
 // OFFLINE_ACCESS QUIRK. oidc-provider 9 silently removes `offline_access`
@@ -244,7 +264,7 @@ const provider = new Provider(ISSUER, {
   routes: ROUTES,
   responseTypes: ['code'],
 
-  scopes: ['openid', 'offline_access', 'profile', 'email'],
+  scopes: ['openid', 'offline_access', 'profile', 'email', ...API_SCOPES.split(' ')],
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
@@ -265,6 +285,7 @@ const provider = new Provider(ISSUER, {
     AuthorizationCode: 60,
     IdToken: 3600,
     RefreshToken: 24 * 60 * 60,
+    ClientCredentials: () => runtime.api_token_ttl,
     Interaction: 60 * 60,
     Session: 24 * 60 * 60,
     Grant: 24 * 60 * 60,
@@ -308,6 +329,12 @@ const provider = new Provider(ISSUER, {
 
   interactions: { policy },
 
+  // API clients' tokens carry an email and groups, so the gateway's identity headers for
+  // bearer callers can be checked; user tokens are left as they were.
+  extraTokenClaims: async (_ctx, token) => (token.kind === 'ClientCredentials'
+    ? { email: `${token.clientId}@clients.example.test`, email_verified: true, groups: ['api-clients'] }
+    : undefined),
+
   features: {
     // Built-in login page that accepts any login and password. It prints a
     // "development-only feature" warning at start-up; that is expected.
@@ -321,6 +348,23 @@ const provider = new Provider(ISSUER, {
         || token.clientId === client.clientId,
     },
     revocation: { enabled: true },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // No resource requested: none (opaque tokens, as before this feature was on).
+      defaultResource: async (_ctx, _client, oneOf) => oneOf,
+      useGrantedResource: async () => false,
+      getResourceServerInfo: async (_ctx, resource) => {
+        if (resource !== API_RESOURCE) throw new errors.InvalidTarget();
+        return {
+          scope: API_SCOPES,
+          audience: API_RESOURCE,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: runtime.api_token_ttl,
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
     rpInitiatedLogout: { enabled: true },
     userinfo: { enabled: true },
   },
@@ -397,6 +441,8 @@ async function controlEndpoints(ctx) {
         next.rotate_refresh_token = value;
       } else if (key === 'token_delay_ms' && Number.isInteger(value) && value >= 0) {
         next.token_delay_ms = value;
+      } else if (key === 'api_token_ttl' && Number.isInteger(value) && value >= 1) {
+        next.api_token_ttl = value;
       } else if (key === 'token_fail' && TOKEN_FAIL_MODES.has(value)) {
         next.token_fail = value;
       } else {

@@ -753,6 +753,25 @@ impl Config {
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
                 return Err(invalid(&format!("routes[{i}].prefix"), format!("duplicate prefix {}", route.prefix)));
             }
+            // Bearer tokens (issue 9): a JWT route without audiences would take a token minted
+            // for any API of the OP; scopes or audiences on a route without bearer tokens
+            // would look enforced and be ignored.
+            if route.bearer == BearerMode::Jwt && route.audiences.is_empty() {
+                return Err(invalid(
+                    &format!("routes[{i}].audiences"),
+                    "required when bearer = \"jwt\" (the API's identifier, the tokens' aud)",
+                ));
+            }
+            if route.bearer == BearerMode::Off && !(route.audiences.is_empty() && route.required_scopes.is_empty()) {
+                return Err(invalid(
+                    &format!("routes[{i}].bearer"),
+                    "audiences and required_scopes need bearer = \"jwt\" or \"introspect\"",
+                ));
+            }
+            // Scopes are named in the 403's WWW-Authenticate (RFC 6750 §3: scope-token chars).
+            if route.required_scopes.iter().any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
+                return Err(invalid(&format!("routes[{i}].required_scopes"), "scopes are printable ASCII without spaces, '\"' or '\\'"));
+            }
         }
         Ok(())
     }
@@ -786,7 +805,10 @@ pub fn generate_secret() -> String {
     base64::engine::general_purpose::STANDARD.encode(crate::crypto::random_bytes::<48>())
 }
 
+mod builder;
 mod secret_strength;
+
+pub use builder::ConfigBuilder;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,8 @@
 //!   (memory, Redis) behind the [`session::SessionStore`] trait.
 //! - [`oidc`]: the relying party: discovery, JWKS cache with refetch on unknown `kid`, ID-token
 //!   validation, token and revocation calls with outcomes classified for the refresh coordinator.
+//! - [`bearer`]: API clients' own bearer tokens: JWT access tokens checked against the OP's
+//!   keys, or RFC 7662 introspection with a bounded cache.
 //! - [`auth`]: the [`auth::Authenticator`] (cookie → session, refreshing on the way), the
 //!   refresh coordinator, the login flow, the `/oauth2/*` endpoints and [`auth::AuthLayer`].
 //!
@@ -14,6 +16,7 @@
 //! command line on top; nothing here knows about upstreams.
 
 pub mod auth;
+pub mod bearer;
 pub mod config;
 mod cookie_header;
 mod crypto;

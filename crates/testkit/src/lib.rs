@@ -18,7 +18,7 @@ mod upstream;
 pub use browser::{Browser, Hop};
 pub use forwarder::Forwarder;
 pub use gateway::{Gateway, GatewayOptions};
-pub use op::{CLIENT_ID, CLIENT_SECRET, Op, OpOptions};
+pub use op::{API_CLIENT_ID, API_CLIENT_SECRET, API_RESOURCE, CLIENT_ID, CLIENT_SECRET, Op, OpOptions};
 pub use process::{free_port, repo_root};
 pub use redis::Redis;
 pub use upstream::{Seen, Upstream};

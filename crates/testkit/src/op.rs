@@ -40,6 +40,18 @@ pub const CLIENT_ID: &str = "gw";
 /// Its secret.
 pub const CLIENT_SECRET: &str = "gw-secret";
 
+/// The API client registered at the test OP: only the `client_credentials` grant.
+pub const API_CLIENT_ID: &str = "api-client";
+/// Its secret.
+pub const API_CLIENT_SECRET: &str = "api-client-secret";
+/// The resource indicator (RFC 8707) for which the OP issues JWT access tokens
+/// (`typ: at+jwt`, `aud` = this); tokens requested without it are opaque.
+pub const API_RESOURCE: &str = "http://api.test";
+
+/// A fixed PKCE pair for [`Op::id_token`] (S256 of the verifier, precomputed).
+const PKCE_VERIFIER: &str = "portcullis-testkit-pkce-verifier-0123456789abcdef";
+const PKCE_CHALLENGE: &str = "sIUIOe2oEa7XI0I-CBYA0l5u8sWX-alEg2weCrqwmeA";
+
 /// A running `oidc-provider`, killed when dropped.
 pub struct Op {
     port: u16,
@@ -157,6 +169,81 @@ impl Op {
     /// RFC 7662 introspection of `token` with the test client's credentials: is it active?
     pub async fn introspect(&self, token: &str) -> bool {
         introspect(&self.http, &format!("{}/token/introspection", self.direct()), token).await
+    }
+}
+
+// API clients (issue 9): tokens from the client_credentials grant, and an ID token to present
+// where an access token is expected.
+impl Op {
+    /// An access token for the API client (`client_credentials`): a JWT for `resource`
+    /// (pass [`API_RESOURCE`]), opaque without one. `scope` is space-separated (`api:read`).
+    pub async fn api_token(&self, resource: Option<&str>, scope: &str) -> String {
+        let mut form = vec![("grant_type", "client_credentials"), ("scope", scope)];
+        if let Some(resource) = resource {
+            form.push(("resource", resource));
+        }
+        let r = self
+            .http
+            .post(format!("{}/token", self.direct()))
+            .basic_auth(API_CLIENT_ID, Some(API_CLIENT_SECRET))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert!(status.is_success(), "client_credentials grant refused: {body}");
+        body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    /// Revokes an API client's token (RFC 7009).
+    pub async fn revoke_api_token(&self, token: &str) {
+        let r = self
+            .http
+            .post(format!("{}/token/revocation", self.direct()))
+            .basic_auth(API_CLIENT_ID, Some(API_CLIENT_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "revocation refused: {}", r.status());
+    }
+
+    /// A real ID token for `user`, issued to the gateway's client: a code flow straight at the
+    /// OP (login form, PKCE), stopped before the browser reaches `redirect_uri` (the
+    /// gateway's callback, which is never called), and the code exchanged here.
+    pub async fn id_token(&self, user: &str, redirect_uri: &str) -> String {
+        let mut auth: url::Url = format!("{}/auth", self.issuer()).parse().unwrap();
+        auth.query_pairs_mut()
+            .append_pair("client_id", CLIENT_ID)
+            .append_pair("response_type", "code")
+            .append_pair("scope", "openid email")
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("state", "testkit-state")
+            .append_pair("nonce", "testkit-nonce")
+            .append_pair("code_challenge", PKCE_CHALLENGE)
+            .append_pair("code_challenge_method", "S256");
+        let browser = crate::Browser::new();
+        let hops = browser.login_until(auth.as_str(), user, &|l| l.as_str().starts_with(redirect_uri)).await;
+        let callback = hops.last().and_then(|h| h.location.clone()).expect("the OP redirects to the callback");
+        let code = callback.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).expect("a code");
+        let body: Value = self
+            .http
+            .post(format!("{}/token", self.direct()))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", PKCE_VERIFIER),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["id_token"].as_str().unwrap_or_else(|| panic!("no id_token: {body}")).to_string()
     }
 }
 

@@ -4,9 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use portcullis::config::Config;
+use portcullis::config::{Config, RouteConfig, StoreKind, Unauthenticated};
 use portcullis_dev_op::{ClientConfig, DevOpConfig};
-use serde_json::json;
 use url::Url;
 
 use super::args::Store;
@@ -49,34 +48,24 @@ pub(crate) fn dev_op(public_url: &Url, client_secret: &str, token_ttl: Duration)
 /// The gateway: `/` and `/api` need a login (pages are redirected to the OP, API calls get
 /// 401 JSON), the OP counters are public, `[refresh]` keeps its defaults.
 ///
-/// Built as a JSON value and deserialized, so every key left out gets the library's own
+/// Built with the library's `Config::builder`, so every key left out gets the library's own
 /// default, and validated like a file would be. Unlike `Config::from_toml_str`, no
 /// `PORTCULLIS_*` environment variable can change the demo behind the user's back.
 pub(crate) fn gateway(public_url: &Url, issuer: &Url, client_secret: &str, app: &Url, store: &Store) -> anyhow::Result<Config> {
-    let mut session = json!({ "secret": random_secret() });
+    let mut builder = Config::builder(public_url.clone(), issuer.clone(), CLIENT_ID)
+        .client_secret(client_secret)
+        .session_secret(random_secret())
+        .route(RouteConfig::new("/", app.clone(), Unauthenticated::Login))
+        .route(RouteConfig::new("/api", app.clone(), Unauthenticated::Login))
+        .route(RouteConfig::new(OP_STATS_PATH, app.clone(), Unauthenticated::Allow));
     if let Store::Redis(url) = store {
-        session["store"] = json!("redis");
-        session["redis_url"] = json!(url);
+        builder = builder.store(StoreKind::Redis).redis_url(url);
     }
-    let value = json!({
-        "public_url": public_url,
-        "oidc": { "issuer": issuer, "client_id": CLIENT_ID, "client_secret": client_secret },
-        "session": session,
-        "routes": [
-            { "prefix": "/", "upstream": app, "unauthenticated": "login" },
-            { "prefix": "/api", "upstream": app, "unauthenticated": "login" },
-            { "prefix": OP_STATS_PATH, "upstream": app, "unauthenticated": "allow" },
-        ],
-    });
-    let config: Config = serde_json::from_value(value).context("building the demo's gateway configuration")?;
-    config.validate().context("the demo's gateway configuration")?;
-    Ok(config)
+    builder.build().context("the demo's gateway configuration")
 }
 
 #[cfg(test)]
 mod tests {
-    use portcullis::config::{StoreKind, Unauthenticated};
-
     use super::*;
 
     #[test]

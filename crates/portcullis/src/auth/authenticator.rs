@@ -13,8 +13,9 @@ use super::{
     stats::{RefreshSnapshot, RefreshStats},
 };
 use crate::{
-    config::{Config, RefreshConfig, StoreKind},
-    session::{CookieCodec, Freshness, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
+    bearer::{self, BearerError, BearerPolicy, BearerValidator},
+    config::{BearerMode, Config, RefreshConfig, RouteConfig, StoreKind},
+    session::{CookieCodec, Freshness, Identity, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
 };
 
 /// A request's live session.
@@ -83,6 +84,7 @@ pub(crate) struct Inner {
     pub(crate) public_url: Url,
     pub(crate) login_timeout: Duration,
     pub(crate) refresh: RefreshConfig,
+    pub(crate) bearer: BearerValidator,
 }
 
 impl Authenticator {
@@ -118,6 +120,7 @@ impl Authenticator {
             public_url: config.public_url.clone(),
             login_timeout: config.session.login_timeout,
             refresh: config.refresh.clone(),
+            bearer: BearerValidator::new(config),
         }))
     }
 
@@ -176,6 +179,46 @@ impl Authenticator {
                 Err(RefreshError::Store(e)) => Err(AuthError::Store(e)),
                 Err(e) => Err(AuthError::Refresh(e)),
             },
+        }
+    }
+
+    /// An API client's own bearer token, checked as `route` says (`bearer`, `audiences`,
+    /// `required_scopes`): `Ok(None)` when the route does not take bearer tokens or the request
+    /// carries none (no `Authorization: Bearer`); the identity from its claims when it is
+    /// valid; else why not ([`BearerError::respond`] turns that into the 401, 403 or 503).
+    ///
+    /// For callers that established there is no session first: the auth layer (a session
+    /// cookie wins over a bearer token) and forward-auth. The token itself is not returned:
+    /// it is forwarded unchanged in the request's own `Authorization` header.
+    pub async fn authenticate_bearer(&self, headers: &HeaderMap, route: &RouteConfig) -> Result<Option<Arc<Identity>>, BearerError> {
+        self.authenticate_bearer_with(headers, &BearerPolicy::from(route)).await
+    }
+
+    /// [`Authenticator::authenticate_bearer`] with the policy given directly (library users
+    /// without a route table).
+    pub async fn authenticate_bearer_with(
+        &self,
+        headers: &HeaderMap,
+        policy: &BearerPolicy<'_>,
+    ) -> Result<Option<Arc<Identity>>, BearerError> {
+        if policy.mode == BearerMode::Off {
+            return Ok(None);
+        }
+        let Some(token) = bearer::bearer_token(headers)? else { return Ok(None) };
+        match self.0.bearer.validate(self.0.provider.get(), token, policy).await {
+            Ok(identity) => {
+                tracing::debug!(token = %bearer::log_tag(token), user = %identity.user, mode = ?policy.mode, "bearer token accepted");
+                Ok(Some(identity))
+            }
+            Err(e) => {
+                match &e {
+                    BearerError::Unavailable(why) => {
+                        tracing::warn!(token = %bearer::log_tag(token), error = %why, "bearer token could not be checked")
+                    }
+                    e => tracing::info!(token = %bearer::log_tag(token), error = %e, "bearer token refused"),
+                }
+                Err(e)
+            }
         }
     }
 

@@ -13,6 +13,18 @@
 //! but GET, HEAD, OPTIONS) that the browser marks as sent by another site gets 403 and never
 //! reaches the inner service (rules in `cross_site.rs`). On by default; off per request with
 //! `CsrfProtection::Off`, or for the whole layer with [`AuthLayer::without_csrf_protection`].
+//!
+//! API clients with their own token: where bearer tokens are on (the route's
+//! `Arc<RouteConfig>` extension, which the gateway inserts, else the layer's
+//! [`AuthLayer::with_bearer`] default), a request **without a session** that carries
+//! `Authorization: Bearer` has the token checked (`crate::bearer`). Valid: the token is
+//! forwarded unchanged, the identity headers come from its claims, and the inner service
+//! sees [`Caller::Bearer`]. Invalid: 401 `invalid_token`; valid without a required scope:
+//! 403 `insufficient_scope`; OP not answering: 503. A session cookie wins over a bearer token
+//! on the same request (its access token replaces the client's `Authorization`), so a
+//! browser page that also sends a token keeps acting as the logged-in user. A bearer request
+//! is not subject to the cross-site check: the browser never attaches a token by itself, so
+//! there is no ambient authority for another site to borrow.
 
 use std::{
     convert::Infallible,
@@ -30,7 +42,11 @@ use super::{
     cross_site::{self, Site},
     identity_headers,
 };
-use crate::config::Unauthenticated;
+use crate::{
+    bearer::{BearerPolicy, BearerSettings},
+    config::{RouteConfig, Unauthenticated},
+    session::Identity,
+};
 
 /// Whether cookie-authenticated unsafe requests from another site are refused. As a request
 /// extension it overrides the layer's default for that request (the gateway inserts the
@@ -58,6 +74,8 @@ pub struct AuthLayer {
     default_csrf: CsrfProtection,
     /// `public_url`'s origin, serialized once rather than per request.
     own_origin: Arc<str>,
+    /// Bearer tokens where the request carries no `Arc<RouteConfig>`.
+    default_bearer: Arc<BearerSettings>,
 }
 
 impl AuthLayer {
@@ -65,7 +83,15 @@ impl AuthLayer {
     /// Cross-site protection is on unless turned off here or per request.
     pub fn new(auth: Authenticator, default_policy: Unauthenticated) -> Self {
         let own_origin = cross_site::origin_of(&auth.0.public_url).into();
-        Self { auth, default_policy, default_csrf: CsrfProtection::On, own_origin }
+        Self { auth, default_policy, default_csrf: CsrfProtection::On, own_origin, default_bearer: Arc::default() }
+    }
+
+    /// Accepts API clients' own bearer tokens as `settings` says, on requests that carry no
+    /// `Arc<RouteConfig>` extension (a route's own `bearer`, `audiences` and
+    /// `required_scopes` win). Off by default.
+    pub fn with_bearer(mut self, settings: BearerSettings) -> Self {
+        self.default_bearer = Arc::new(settings);
+        self
     }
 
     /// Forwards cookie-authenticated unsafe requests from other sites unless a request carries
@@ -86,6 +112,7 @@ impl<S> Layer<S> for AuthLayer {
             default_policy: self.default_policy,
             default_csrf: self.default_csrf,
             own_origin: self.own_origin.clone(),
+            default_bearer: self.default_bearer.clone(),
         }
     }
 }
@@ -98,6 +125,7 @@ pub struct AuthService<S> {
     default_policy: Unauthenticated,
     default_csrf: CsrfProtection,
     own_origin: Arc<str>,
+    default_bearer: Arc<BearerSettings>,
 }
 
 impl<S> Service<Request<Body>> for AuthService<S>
@@ -121,6 +149,8 @@ where
         let policy = req.extensions().get::<Unauthenticated>().copied().unwrap_or(self.default_policy);
         let csrf = req.extensions().get::<CsrfProtection>().copied().unwrap_or(self.default_csrf);
         let own_origin = self.own_origin.clone();
+        let route = req.extensions().get::<Arc<RouteConfig>>().cloned();
+        let default_bearer = self.default_bearer.clone();
         Box::pin(async move {
             let cookie_name = auth.cookies().session_name.clone();
             let kind = RequestKind::of(req.headers());
@@ -133,13 +163,13 @@ where
                 false => None,
             };
             let outcome = auth.authenticate(req.headers()).await;
-            let headers = req.headers_mut();
             match outcome {
                 Ok(Some(session)) => {
+                    let headers = req.headers_mut();
                     // Every session today comes from the cookie, which the browser attaches to
                     // requests other sites make it send: that ambient authority is what a
-                    // forged request borrows. (A request that authenticates by a bearer token
-                    // it carries itself would skip this check.) Requests without a session,
+                    // forged request borrows. A request that authenticates by a bearer token
+                    // it carries itself (below) skips this check. Requests without a session,
                     // on `allow` routes, borrow nothing and are not checked.
                     if let Some((reason, method, path)) = cross_site {
                         tracing::warn!(session = %session.key, %method, %path, reason, "cross-site request refused");
@@ -163,21 +193,78 @@ where
                     }
                     Ok(response)
                 }
-                Ok(None) | Err(_) if policy == Unauthenticated::Allow => {
-                    identity_headers::strip_client_identity(headers, false);
-                    identity_headers::strip_cookie(headers, &cookie_name);
-                    inner.call(req).await
+                Ok(None) => {
+                    let bearer = match &route {
+                        Some(route) => BearerPolicy::from(&**route),
+                        None => default_bearer.policy(),
+                    };
+                    match auth.authenticate_bearer_with(req.headers(), &bearer).await {
+                        Ok(Some(identity)) => {
+                            let headers = req.headers_mut();
+                            // The client's identity headers go; its Authorization (the token
+                            // just validated) stays, unchanged.
+                            identity_headers::strip_client_identity(headers, false);
+                            identity_headers::strip_cookie(headers, &cookie_name);
+                            set_bearer_identity(headers, &identity);
+                            req.extensions_mut().insert(Caller::Bearer(identity));
+                            inner.call(req).await
+                        }
+                        Err(e) => Ok(e.respond(bearer.required_scopes)),
+                        Ok(None) => without_session(policy, kind, &auth, req, inner, &cookie_name).await,
+                    }
                 }
-                Ok(None) if policy == Unauthenticated::Login => {
-                    let return_to = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                    Ok(auth.login_required(kind, return_to, req.headers()).await)
-                }
-                Ok(None) => Ok(Failure::unauthenticated(None).respond(kind)),
+                Err(_) if policy == Unauthenticated::Allow => without_session(policy, kind, &auth, req, inner, &cookie_name).await,
                 Err(e) => {
                     tracing::warn!(error = %e, path = %req.uri().path(), "request refused; session kept");
                     Ok(e.failure().respond(kind))
                 }
             }
         })
+    }
+}
+
+/// No session and no bearer identity: the route's `unauthenticated` policy.
+async fn without_session<S>(
+    policy: Unauthenticated,
+    kind: RequestKind,
+    auth: &Authenticator,
+    mut req: Request<Body>,
+    mut inner: S,
+    cookie_name: &str,
+) -> Result<Response, Infallible>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    match policy {
+        Unauthenticated::Allow => {
+            let headers = req.headers_mut();
+            identity_headers::strip_client_identity(headers, false);
+            identity_headers::strip_cookie(headers, cookie_name);
+            inner.call(req).await
+        }
+        Unauthenticated::Login => {
+            let return_to = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            Ok(auth.login_required(kind, return_to, req.headers()).await)
+        }
+        Unauthenticated::Deny => Ok(Failure::unauthenticated(None).respond(kind)),
+    }
+}
+
+/// `X-Forwarded-User`, `-Email`, `-Groups` from a bearer token's claims (the session path's
+/// `identity_headers::set_identity` also sets `Authorization`, which here stays the client's).
+fn set_bearer_identity(headers: &mut http::HeaderMap, identity: &Identity) {
+    let mut insert = |name: http::HeaderName, value: &str| match http::HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        // A claim with control characters could split headers; better absent than mangled.
+        Err(_) => tracing::warn!(header = %name, "claim value is not a valid header value; header omitted"),
+    };
+    insert(identity_headers::USER, &identity.user);
+    if let Some(email) = &identity.email {
+        insert(identity_headers::EMAIL, email);
+    }
+    if !identity.groups.is_empty() {
+        insert(identity_headers::GROUPS, &identity.groups.join(","));
     }
 }

@@ -56,6 +56,13 @@ impl Failure {
         }
     }
 
+    /// A refused bearer token (RFC 6750 §3.1): 401 `invalid_token` or 403
+    /// `insufficient_scope`. `bearer::BearerError::respond` replaces the generic
+    /// `WWW-Authenticate` with the challenge naming the error.
+    pub fn bearer_token(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), login_url: None }
+    }
+
     /// With a login link.
     pub fn with_login_url(mut self, url: String) -> Self {
         self.login_url = Some(url);

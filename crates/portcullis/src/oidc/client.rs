@@ -80,6 +80,39 @@ impl OidcClient {
         &self.metadata
     }
 
+    /// The signature algorithms accepted on tokens this OP signs (`oidc.id_token_algorithms`,
+    /// never `none` or HMAC): the bearer module applies the same allow-list to access tokens.
+    pub(crate) fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// RFC 7662 introspection of an API client's token, with this client's credentials (as
+    /// `oidc.auth_method` says). `Ok(None)`: the OP advertises no introspection endpoint.
+    /// The answer is returned raw; `bearer::introspect` decides what it means. The token is
+    /// sent only in the form body, never in a URL, and no error message carries it.
+    pub(crate) async fn introspect(&self, token: &str) -> Result<Option<serde_json::Map<String, Value>>, OidcError> {
+        let Some(endpoint) = &self.metadata.introspection_endpoint else { return Ok(None) };
+        let form = vec![("token", token.to_string()), ("token_type_hint", "access_token".to_string())];
+        let response = token::authenticated_post(&self.http, endpoint, &self.creds, form)
+            .send()
+            .await
+            .map_err(|e| OidcError::Introspection(super::http::describe(&e)))?;
+        // 400: the OP read the request and will not vouch for the token (oidc-provider answers
+        // so for a JWT it issued itself): inactive. 401/403 (our credentials) and 5xx say
+        // nothing about the token: the caller answers 503.
+        if response.status() == reqwest::StatusCode::BAD_REQUEST {
+            return Ok(Some(serde_json::Map::from_iter([("active".to_string(), Value::Bool(false))])));
+        }
+        if !response.status().is_success() {
+            return Err(OidcError::Introspection(format!("HTTP {}", response.status())));
+        }
+        let body: Value = response.json().await.map_err(|e| OidcError::Introspection(format!("not JSON: {e}")))?;
+        match body {
+            Value::Object(map) => Ok(Some(map)),
+            _ => Err(OidcError::Introspection("the answer is not a JSON object".into())),
+        }
+    }
+
     /// The authorization request URL (code flow, PKCE S256).
     pub fn authorization_url(&self, state: &str, nonce: &str, code_challenge: &str) -> Url {
         let mut url = self.metadata.authorization_endpoint.clone();
@@ -257,7 +290,7 @@ fn check_response_issuer(metadata: &ProviderMetadata, iss: Option<&str>) -> Resu
 /// An email is forwarded (it is in the identity) and the OP says it is not verified. A
 /// missing `email_verified` is not a refusal (many OPs only send it for self-asserted emails,
 /// as oauth2-proxy also reads it); the string `"false"` (some OPs send strings) is.
-fn email_unverified(identity: &Identity) -> bool {
+pub(crate) fn email_unverified(identity: &Identity) -> bool {
     identity.email.is_some()
         && match identity.claims.get("email_verified") {
             Some(Value::Bool(verified)) => !verified,

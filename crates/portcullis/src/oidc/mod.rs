@@ -8,6 +8,7 @@ mod metadata;
 pub(crate) mod pkce;
 mod token;
 
+pub(crate) use client::email_unverified;
 pub use client::{OidcClient, Refreshed};
 pub use metadata::ProviderMetadata;
 pub use token::TokenError;
@@ -38,6 +39,9 @@ pub enum OidcError {
     /// `oidc.allow_unverified_email` is off.
     #[error("the OP has not verified the user's email address")]
     UnverifiedEmail,
+    /// The introspection endpoint failed (transport, non-2xx, not a JSON object).
+    #[error("introspection: {0}")]
+    Introspection(String),
     /// Revocation failed.
     #[error("revocation: {0}")]
     Revocation(String),
