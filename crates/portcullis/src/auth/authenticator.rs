@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     config::{Config, RefreshConfig, StoreKind},
-    session::{CookieCodec, Freshness, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
+    session::{CookieCodec, DeleteOutcome, Freshness, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
 };
 
 /// A request's live session.
@@ -106,6 +106,7 @@ impl Authenticator {
                     poll_interval: config.refresh.poll_interval,
                     settle_after_unknown: config.refresh.settle_after_unknown.unwrap_or(config.oidc.http_timeout),
                     op_answer_timeout: config.refresh.op_answer_timeout,
+                    clock_skew: config.oidc.clock_skew,
                 },
                 stats.clone(),
             ),
@@ -166,9 +167,16 @@ impl Authenticator {
             }
             Freshness::DueSoon => Ok(Some(Session { key, record, set_cookies: Vec::new() })),
             Freshness::Expired if record.tokens.refresh_token.is_none() => {
-                // Nothing to refresh with: the session is over when its token is.
-                let _ = inner.store.delete(&key).await;
-                Ok(None)
+                // Nothing to refresh with: the session is over when its token is. Deleted only
+                // at the version read: a newer version written meanwhile is not this copy's
+                // to end. A failed delete changes nothing: the record expires by itself.
+                match inner.store.delete_if_version(&key, record.version).await {
+                    Ok(DeleteOutcome::Conflict) => match inner.store.load(&key).await? {
+                        Some(newer) if newer.tokens.usable(now_millis()) => Ok(Some(Session { key, record: newer, set_cookies: Vec::new() })),
+                        _ => Ok(None),
+                    },
+                    _ => Ok(None),
+                }
             }
             Freshness::Expired => match inner.refresher.refresh(&key, record).await {
                 Ok(record) => Ok(Some(Session { key, record, set_cookies: Vec::new() })),

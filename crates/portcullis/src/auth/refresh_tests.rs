@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 
 use super::*;
-use crate::session::{ChangeWatch, Identity, Lifetimes, MemoryStore, SessionId, TokenSet};
+use crate::session::{ChangeWatch, DeleteOutcome, Identity, Lifetimes, MemoryStore, SessionId, TokenSet};
 
 /// The memory store, except that the first `load` after `arm` panics (a bug in a store, a
 /// decoder, the OP client: anything inside the spawned refresh task).
@@ -31,6 +31,9 @@ impl SessionStore for PanicOnce {
     }
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.inner.delete(key).await
+    }
+    async fn delete_if_version(&self, key: &SessionKey, expected: u64) -> Result<DeleteOutcome, StoreError> {
+        self.inner.delete_if_version(key, expected).await
     }
     async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError> {
         self.inner.state_consumed(state_hash).await
@@ -86,6 +89,7 @@ async fn a_panicking_refresh_task_leaves_no_dead_flight() {
         poll_interval: Duration::from_millis(50),
         settle_after_unknown: Duration::from_secs(1),
         op_answer_timeout: Duration::from_secs(5),
+        clock_skew: Duration::from_secs(60),
     };
     let refresher = Refresher::new(store.clone(), ProviderHandle::default(), timing, Arc::default());
     store.armed.store(true, Ordering::SeqCst);

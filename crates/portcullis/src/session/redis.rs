@@ -15,7 +15,7 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
 use super::{
-    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis, sealed_record,
+    CasOutcome, ChangeFeed, ChangeWatch, DeleteOutcome, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis, sealed_record,
 };
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
@@ -31,6 +31,19 @@ local sep = string.find(cur, '|', 1, true)
 if not sep or tonumber(string.sub(cur, 1, sep - 1)) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 redis.call('PUBLISH', ARGV[3], ARGV[1] + 1)
+return 1
+";
+
+/// Delete-if-version: the same version check as the CAS, then `DEL` and the notification, in
+/// one script (a `GET` then `DEL` from the client would let a newer version written between
+/// them be deleted). Returns 1 deleted, 0 version conflict, -1 already gone.
+const DELETE_IF_VERSION_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+local sep = string.find(cur, '|', 1, true)
+if not sep or tonumber(string.sub(cur, 1, sep - 1)) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], 0)
 return 1
 ";
 
@@ -64,6 +77,7 @@ struct Inner {
     lifetimes: Lifetimes,
     timeout: Duration,
     cas: redis::Script,
+    delete_if_version: redis::Script,
     renew: redis::Script,
     release: redis::Script,
     changes: ChangeFeed,
@@ -83,6 +97,7 @@ impl RedisStore {
                 lifetimes,
                 timeout,
                 cas: redis::Script::new(CAS_SCRIPT),
+                delete_if_version: redis::Script::new(DELETE_IF_VERSION_SCRIPT),
                 renew: redis::Script::new(RENEW_SCRIPT),
                 release: redis::Script::new(RELEASE_SCRIPT),
                 changes: ChangeFeed::default(),
@@ -304,6 +319,27 @@ impl SessionStore for RedisStore {
             let _: (i64, i64) =
                 redis::pipe().del(session_key(key)).publish(changes_channel(key), 0).query_async(&mut conn).await.map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn delete_if_version(&self, key: &SessionKey, expected: u64) -> Result<DeleteOutcome, StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let outcome: i64 = self
+                .inner
+                .delete_if_version
+                .key(session_key(key))
+                .arg(expected)
+                .arg(changes_channel(key))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(match outcome {
+                1 => DeleteOutcome::Deleted,
+                0 => DeleteOutcome::Conflict,
+                _ => DeleteOutcome::Gone,
+            })
         })
         .await
     }
