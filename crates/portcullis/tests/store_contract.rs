@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use portcullis::session::{
-    CasOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet, now_millis,
+    CasOutcome, DeleteOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet, now_millis,
 };
 use portcullis_testkit::Redis;
 
@@ -104,8 +104,74 @@ async fn idle_and_absolute_lifetimes(make: impl Fn(Lifetimes) -> Arc<dyn Session
     assert!(store.load(&key).await.unwrap().is_none(), "a used session still ends at the absolute lifetime");
 }
 
+/// Delete-if-version: a stale copy cannot delete the newer version another holder wrote; the
+/// version read is deleted (and its waiters woken); racing a CAS from the same version,
+/// exactly one of the two takes effect.
+async fn deletes_only_the_version_read(store: Arc<dyn SessionStore>) {
+    let key = SessionId::generate().key();
+    assert_eq!(store.delete_if_version(&key, 1).await.unwrap(), DeleteOutcome::Gone);
+    store.create(&key, &record("v1")).await.unwrap();
+    assert_eq!(store.compare_and_set(&key, 1, &record("v2")).await.unwrap(), CasOutcome::Written(2));
+    assert_eq!(store.delete_if_version(&key, 1).await.unwrap(), DeleteOutcome::Conflict, "a holder that read version 1");
+    assert_eq!(store.load(&key).await.unwrap().unwrap().tokens.access_token, "v2", "the newer session survives");
+
+    let mut watch = store.watch(&key);
+    let started = std::time::Instant::now();
+    assert_eq!(store.delete_if_version(&key, 2).await.unwrap(), DeleteOutcome::Deleted);
+    watch.changed(Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "the delete notifies waiters");
+    assert!(store.load(&key).await.unwrap().is_none());
+    assert_eq!(store.delete_if_version(&key, 2).await.unwrap(), DeleteOutcome::Gone);
+
+    for round in 0..30 {
+        let key = SessionId::generate().key();
+        store.create(&key, &record("base")).await.unwrap();
+        let new = record("new");
+        let (deleted, written) = tokio::join!(store.delete_if_version(&key, 1), store.compare_and_set(&key, 1, &new));
+        let survivor = store.load(&key).await.unwrap();
+        match (deleted.unwrap(), written.unwrap()) {
+            (DeleteOutcome::Deleted, CasOutcome::Gone) => assert!(survivor.is_none(), "round {round}"),
+            (DeleteOutcome::Conflict, CasOutcome::Written(2)) => {
+                assert_eq!(survivor.unwrap().tokens.access_token, "new", "round {round}")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
+/// Renew and release are owner-checked: a holder whose lease lapsed can neither extend nor
+/// delete the lease a newcomer took, and a non-holder cannot release a live lease.
+async fn leases_are_owner_checked(store: Arc<dyn SessionStore>) {
+    let key = SessionId::generate().key();
+    let short = Duration::from_millis(300);
+    assert!(store.try_lease(&key, "a", short).await.unwrap());
+    assert!(!store.try_lease(&key, "b", short).await.unwrap(), "held");
+    assert!(!store.renew_lease(&key, "b", Duration::from_secs(5)).await.unwrap(), "b does not hold it");
+    store.release_lease(&key, "b").await.unwrap();
+    assert!(!store.try_lease(&key, "c", short).await.unwrap(), "b's release did not free a's lease");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!store.renew_lease(&key, "a", Duration::from_secs(5)).await.unwrap(), "a lapsed lease cannot be renewed");
+    assert!(store.try_lease(&key, "b", Duration::from_secs(5)).await.unwrap(), "the lapsed lease is free");
+    assert!(!store.renew_lease(&key, "a", Duration::from_secs(5)).await.unwrap(), "the lapsed holder cannot extend the newcomer's");
+    store.release_lease(&key, "a").await.unwrap();
+    assert!(!store.try_lease(&key, "c", short).await.unwrap(), "the lapsed holder cannot delete the newcomer's");
+    assert!(store.renew_lease(&key, "b", Duration::from_secs(5)).await.unwrap());
+    store.release_lease(&key, "b").await.unwrap();
+    assert!(store.try_lease(&key, "c", short).await.unwrap(), "the holder's release frees it");
+
+    // A renewal extends: a 300 ms lease renewed for 5 s is still held after 500 ms.
+    let key = SessionId::generate().key();
+    assert!(store.try_lease(&key, "a", short).await.unwrap());
+    assert!(store.renew_lease(&key, "a", Duration::from_secs(5)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!store.try_lease(&key, "b", short).await.unwrap(), "renewed");
+}
+
 #[tokio::test]
 async fn memory_store_contract() {
+    deletes_only_the_version_read(Arc::new(MemoryStore::new(LONG))).await;
+    leases_are_owner_checked(Arc::new(MemoryStore::new(LONG))).await;
     versioned_writes(Arc::new(MemoryStore::new(LONG))).await;
     concurrent_writers_one_wins(Arc::new(MemoryStore::new(LONG))).await;
     states_are_consumed_once(Arc::new(MemoryStore::new(LONG))).await;
@@ -117,10 +183,34 @@ async fn redis_store_contract() {
     let redis = Redis::start().await;
     let url = redis.url();
     let make = |l| -> Arc<dyn SessionStore> { Arc::new(RedisStore::new(&url, l, Duration::from_secs(2)).unwrap()) };
+    deletes_only_the_version_read(make(LONG)).await;
+    leases_are_owner_checked(make(LONG)).await;
     versioned_writes(make(LONG)).await;
     concurrent_writers_one_wins(make(LONG)).await;
     states_are_consumed_once(make(LONG)).await;
     idle_and_absolute_lifetimes(make).await;
+}
+
+/// A refresh's CAS keeps the record's TTL (`KEEPTTL`): only use by the browser restarts the
+/// idle clock, and the absolute lifetime cap set in the session's last idle window holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cas_keeps_the_ttl() {
+    let redis = Redis::start().await;
+    let store = RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap();
+    let mut conn = raw_redis(&redis.url()).await;
+    let key = SessionId::generate().key();
+    store.create(&key, &record("v1")).await.unwrap();
+    // As a load in the session's last idle window leaves it: capped well below the idle time.
+    let _: () = redis::AsyncCommands::pexpire(&mut conn, record_key(&key), 50_000).await.unwrap();
+    let before: i64 = redis::cmd("PTTL").arg(record_key(&key)).query_async(&mut conn).await.unwrap();
+    assert_eq!(store.compare_and_set(&key, 1, &record("v2")).await.unwrap(), CasOutcome::Written(2));
+    let after: i64 = redis::cmd("PTTL").arg(record_key(&key)).query_async(&mut conn).await.unwrap();
+    assert!(after > 0 && after <= before && before - after < 5_000, "PTTL before {before} ms, after the CAS {after} ms");
+    let mut marked = record("v2");
+    marked.unsettled_refresh = Some(portcullis::session::UnsettledRefresh { token_hash: "h".into(), at: now_millis() });
+    assert_eq!(store.compare_and_set(&key, 2, &marked).await.unwrap(), CasOutcome::Written(3));
+    let last: i64 = redis::cmd("PTTL").arg(record_key(&key)).query_async(&mut conn).await.unwrap();
+    assert!(last > 0 && last <= after, "PTTL {last} ms after the second CAS");
 }
 
 /// Redis down: operations fail fast with `Unavailable` (never hang, never panic); Redis back:
