@@ -491,3 +491,117 @@ async fn keys_without_their_sealing_key_neither_read_nor_write() {
     assert!(matches!(store.create(&fresh, &record("y")).await, Err(StoreError::NoSealingKey)));
     assert_eq!(store.load(&key).await.unwrap().unwrap().tokens.access_token, "x", "nothing was overwritten");
 }
+
+// ---- The notification listener's health (issue 8, item 8) ----
+
+/// A TCP proxy whose open connections can be frozen: bytes stop flowing both ways and the
+/// sockets stay open, the half-open connection a NAT, a load balancer or a failover leaves
+/// behind. Connections opened after the freeze flow normally.
+struct StallingProxy {
+    port: u16,
+    connections: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl StallingProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let registry = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let frozen = Arc::new(AtomicBool::new(false));
+                registry.lock().unwrap().push(frozen.clone());
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                for (mut from, mut to) in [(Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>), (Box::new(ro), Box::new(wi))] {
+                    let frozen = frozen.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if frozen.load(Ordering::SeqCst) {
+                                // Hold both sockets open, forward nothing, ever.
+                                let _keep = (from, to);
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, connections }
+    }
+
+    fn freeze_open_connections(&self) {
+        for c in self.connections.lock().unwrap().iter() {
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// After a fault on the pub/sub connection, a waiter on one instance is still woken by a write
+/// on another within a second or two, although its poll interval is 30 s: the listener noticed
+/// (the connection closed, or a ping went unanswered), restarted and counted the restart.
+/// Both faults: the connection killed by the server (`CLIENT KILL TYPE pubsub`), and a
+/// half-open connection that delivers nothing and never closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_survive_a_lost_listener_connection() {
+    let redis = Redis::start().await;
+    let redis_addr: std::net::SocketAddr = redis.url().trim_start_matches("redis://").parse().unwrap();
+    for fault in ["CLIENT KILL TYPE pubsub", "half-open connection"] {
+        let proxy = StallingProxy::start(redis_addr).await;
+        let writer: Arc<dyn SessionStore> = Arc::new(RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap());
+        let watcher = RedisStore::new(&format!("redis://127.0.0.1:{}", proxy.port), LONG, Duration::from_secs(2)).unwrap();
+        let watcher_dyn: Arc<dyn SessionStore> = Arc::new(watcher.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        wake_within(&writer, &watcher_dyn, &format!("{fault}: before")).await;
+
+        match fault {
+            "CLIENT KILL TYPE pubsub" => {
+                let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut raw_redis(&redis.url()).await).await.unwrap();
+                assert!(killed >= 1, "killed {killed} pub/sub connections");
+            }
+            _ => proxy.freeze_open_connections(),
+        }
+        let started = std::time::Instant::now();
+        while watcher.notification_restarts() == 0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "{fault}: the listener never noticed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the new subscription come up (its first back-off is 100 ms).
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        for round in 0..3 {
+            wake_within(&writer, &watcher_dyn, &format!("{fault}: after, round {round}")).await;
+        }
+        assert_eq!(watcher.notification_restarts(), 1, "{fault}: one restart, counted");
+    }
+}
+
+/// A write on `writer` wakes a watch on `watcher` within 2 s; the watch's own timeout (the
+/// poll) is 30 s, so only the notification can wake it that early.
+async fn wake_within(writer: &Arc<dyn SessionStore>, watcher: &Arc<dyn SessionStore>, what: &str) {
+    let key = SessionId::generate().key();
+    writer.create(&key, &record("v1")).await.unwrap();
+    let mut watch = watcher.watch(&key);
+    let (writer2, key2) = (writer.clone(), key.clone());
+    let started = std::time::Instant::now();
+    let write = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(writer2.compare_and_set(&key2, 1, &record("v2")).await.unwrap(), CasOutcome::Written(2));
+    });
+    watch.changed(Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    write.await.unwrap();
+    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(2), "{what}: woken after {took:?}, not by the notification");
+}
