@@ -369,6 +369,43 @@ async fn proactive_refresh_raced_across_instances_is_one_grant() {
     assert_eq!(c.op.stats().await["grant_outcomes"]["refresh_token:invalid_grant"], 0);
 }
 
+/// The pub/sub connection that carries change notifications is killed by Redis mid-run
+/// (`CLIENT KILL TYPE pubsub`). Each instance notices, logs and restarts its listener; after
+/// that a request waiting on another instance's refresh is still woken by the notification:
+/// `refresh.poll_interval` is 30 s here and `max_wait` 15 s, so an answer within about a
+/// second of the write can only come from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_notification_after_the_listener_is_killed() {
+    let c = Cluster::start(2, OpOptions { access_token_ttl: 3, ..OpOptions::default() }, &[("PORTCULLIS_REFRESH__POLL_INTERVAL", "30s")]).await;
+    let killed = std::process::Command::new("redis-cli").args(["-u", &c.redis.url(), "CLIENT", "KILL", "TYPE", "pubsub"]).output().unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    let started = std::time::Instant::now();
+    while c.gateways.iter().any(|g| !g.log_text().contains("restarting the listener")) {
+        assert!(started.elapsed() < Duration::from_secs(15), "the listeners did not restart\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The token expires; instance 0 refreshes (the OP takes 1 s), instance 1 waits for it.
+    tokio::time::sleep(Duration::from_millis(3300).saturating_sub(started.elapsed())).await;
+    c.op.configure(serde_json::json!({ "token_delay_ms": 1000 })).await;
+    let http = reqwest::Client::new();
+    let holder = tokio::spawn(
+        http.get(format!("{}/api/holder", c.gateways[0].url()))
+            .header("cookie", format!("portcullis={}", c.cookie))
+            .header("accept", "application/json")
+            .send(),
+    );
+    while c.op.refresh_grants().await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting_since = std::time::Instant::now();
+    let waiters = c.burst(5, &[1], "waiter").await;
+    let waited = waiting_since.elapsed();
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    assert!(waiters.iter().all(|r| r.0 == 200), "{waiters:?}\n{}", c.logs());
+    assert!(waited < Duration::from_millis(2500), "woken after {waited:?}: not by the notification\n{}", c.logs());
+    assert_eq!(c.op.refresh_grants().await, 1);
+}
+
 /// A refresh slower than `refresh.max_wait`: waiters get a clear 503 at the deadline, never a
 /// hang, and the session is kept: once the refresh lands, requests are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
