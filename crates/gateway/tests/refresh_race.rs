@@ -288,7 +288,10 @@ async fn unknown_outcome_not_consumed_retries_once_after_settling() {
     }
     let served_after = served_after.unwrap_or_else(|| panic!("never served after the settle window\n{}", c.logs()));
     // The gateway stamped the unknown outcome a few ms before `unknown_since`.
-    assert!(served_after >= SETTLE - Duration::from_millis(300), "re-presented {served_after:?} after the unknown outcome, inside the {SETTLE:?} window");
+    assert!(
+        served_after >= SETTLE - Duration::from_millis(300),
+        "re-presented {served_after:?} after the unknown outcome, inside the {SETTLE:?} window"
+    );
     assert!(served_after <= SETTLE + Duration::from_millis(2500), "served only {served_after:?} after the unknown outcome");
     assert_eq!(c.op.refresh_grants().await, 2, "presented exactly once more");
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -376,7 +379,8 @@ async fn proactive_refresh_raced_across_instances_is_one_grant() {
 /// second of the write can only come from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_woken_by_notification_after_the_listener_is_killed() {
-    let c = Cluster::start(2, OpOptions { access_token_ttl: 3, ..OpOptions::default() }, &[("PORTCULLIS_REFRESH__POLL_INTERVAL", "30s")]).await;
+    let c =
+        Cluster::start(2, OpOptions { access_token_ttl: 3, ..OpOptions::default() }, &[("PORTCULLIS_REFRESH__POLL_INTERVAL", "30s")]).await;
     let killed = std::process::Command::new("redis-cli").args(["-u", &c.redis.url(), "CLIENT", "KILL", "TYPE", "pubsub"]).output().unwrap();
     assert!(killed.status.success(), "{killed:?}");
     let started = std::time::Instant::now();

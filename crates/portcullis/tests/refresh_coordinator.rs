@@ -369,7 +369,8 @@ async fn invalid_grant_after_another_holder_won_keeps_its_session() {
             }
         }
         let gateway = Authenticator::new(&config(&op, TIMING), Arc::new(scripted), ProviderHandle::ready(oidc_client(&op).await));
-        let session = gateway.authenticate(&cookie).await.expect("served").unwrap_or_else(|| panic!("{when}: the winner's session was ended"));
+        let session =
+            gateway.authenticate(&cookie).await.expect("served").unwrap_or_else(|| panic!("{when}: the winner's session was ended"));
         assert_eq!(session.record.tokens.access_token, "at-winner", "{when}");
         assert_eq!(store.load(&key).await.unwrap().expect("kept").tokens.access_token, "at-winner", "{when}");
         assert_eq!(gateway.refresh_stats().sessions_ended, 0, "{when}");

@@ -3,7 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use portcullis::session::{
-    CasOutcome, DeleteOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet, now_millis,
+    CasOutcome, DeleteOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet,
+    now_millis,
 };
 use portcullis_testkit::Redis;
 
@@ -517,7 +518,13 @@ impl StallingProxy {
                 registry.lock().unwrap().push(frozen.clone());
                 let (ri, wi) = inbound.into_split();
                 let (ro, wo) = outbound.into_split();
-                for (mut from, mut to) in [(Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>), (Box::new(ro), Box::new(wi))] {
+                for (mut from, mut to) in [
+                    (
+                        Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(ro), Box::new(wi)),
+                ] {
                     let frozen = frozen.clone();
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 16 * 1024];
@@ -569,7 +576,13 @@ async fn notifications_survive_a_lost_listener_connection() {
 
         match fault {
             "CLIENT KILL TYPE pubsub" => {
-                let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut raw_redis(&redis.url()).await).await.unwrap();
+                let killed: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut raw_redis(&redis.url()).await)
+                    .await
+                    .unwrap();
                 assert!(killed >= 1, "killed {killed} pub/sub connections");
             }
             _ => proxy.freeze_open_connections(),

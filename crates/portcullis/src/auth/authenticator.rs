@@ -172,7 +172,9 @@ impl Authenticator {
                 // to end. A failed delete changes nothing: the record expires by itself.
                 match inner.store.delete_if_version(&key, record.version).await {
                     Ok(DeleteOutcome::Conflict) => match inner.store.load(&key).await? {
-                        Some(newer) if newer.tokens.usable(now_millis()) => Ok(Some(Session { key, record: newer, set_cookies: Vec::new() })),
+                        Some(newer) if newer.tokens.usable(now_millis()) => {
+                            Ok(Some(Session { key, record: newer, set_cookies: Vec::new() }))
+                        }
                         _ => Ok(None),
                     },
                     _ => Ok(None),

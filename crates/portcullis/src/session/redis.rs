@@ -21,7 +21,8 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
 use super::{
-    CasOutcome, ChangeFeed, ChangeWatch, DeleteOutcome, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis, sealed_record,
+    CasOutcome, ChangeFeed, ChangeWatch, DeleteOutcome, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis,
+    sealed_record,
 };
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
@@ -218,7 +219,13 @@ async fn listen_for_changes(client: redis::Client, feed: ChangeFeed, connect_tim
 }
 
 /// One life of the notification connection; returns why it ended.
-async fn listen_once(client: &redis::Client, feed: &ChangeFeed, connect_timeout: Duration, delay: &mut Duration, subscribed: &mut bool) -> String {
+async fn listen_once(
+    client: &redis::Client,
+    feed: &ChangeFeed,
+    connect_timeout: Duration,
+    delay: &mut Duration,
+    subscribed: &mut bool,
+) -> String {
     use futures_util::StreamExt;
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
