@@ -250,8 +250,15 @@ async fn op_unreachable_then_back() {
 /// records that, answers 503 without re-presenting the token until the settle time passed,
 /// then presents it exactly once more. Here the OP never saw it (injected timeout before the
 /// OP): the retry succeeds and the session lives on.
+///
+/// The settle window's length is measured, not assumed: probes every 250 ms from the moment
+/// the outcome became unknown get 503 (and cause no grant) until the 3 s window has passed,
+/// and the first one after it is served. A gateway settling for 300 ms instead (or not at all)
+/// re-presents the token within about a second (once the failed flight's 1 s back-off ends)
+/// and fails here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_outcome_not_consumed_retries_once_after_settling() {
+    const SETTLE: Duration = Duration::from_secs(3);
     // The refresh task gives up on the OP's answer after 1 s (`op_answer_timeout`): a
     // connection that really died, as far as the gateway can tell.
     let env = [("PORTCULLIS_REFRESH__OP_ANSWER_TIMEOUT", "1s"), ("PORTCULLIS_REFRESH__SETTLE_AFTER_UNKNOWN", "3s")];
@@ -259,16 +266,38 @@ async fn unknown_outcome_not_consumed_retries_once_after_settling() {
     tokio::time::sleep(Duration::from_millis(2300)).await;
     c.op.configure(serde_json::json!({ "token_fail": "timeout" })).await;
     let first = c.burst(4, &[0, 1], "first").await;
+    // The outcome was recorded as unknown just before these answers went out.
+    let unknown_since = std::time::Instant::now();
     assert!(first.iter().all(|r| r.0 == 503), "{first:?}");
     assert_eq!(c.op.refresh_grants().await, 1);
     c.op.configure(serde_json::json!({ "token_fail": null })).await;
-    let settling = c.burst(4, &[0, 1], "settling").await;
-    assert!(settling.iter().all(|r| r.0 == 503), "{settling:?}");
-    assert_eq!(c.op.refresh_grants().await, 1, "not re-presented before the settle time");
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    let after = c.burst(4, &[0, 1], "after").await;
-    assert!(after.iter().all(|r| r.0 == 200), "{after:?}\n{}", c.logs());
+    let mut served_after = None;
+    let mut probe = 0;
+    while unknown_since.elapsed() < SETTLE + Duration::from_secs(4) {
+        probe += 1;
+        let results = c.burst(2, &[0, 1], &format!("probe{probe}")).await;
+        let elapsed = unknown_since.elapsed();
+        assert!(results.iter().all(|r| r.0 == 200 || r.0 == 503), "probe {probe} at {elapsed:?}: {results:?}");
+        if results.iter().any(|r| r.0 == 200) {
+            // (The other instance may still answer its own 503 for the failed flight's 1 s.)
+            served_after = Some(elapsed);
+            break;
+        }
+        assert_eq!(c.op.refresh_grants().await, 1, "probe {probe} at {elapsed:?}: not re-presented inside the settle window");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let served_after = served_after.unwrap_or_else(|| panic!("never served after the settle window\n{}", c.logs()));
+    // The gateway stamped the unknown outcome a few ms before `unknown_since`.
+    assert!(
+        served_after >= SETTLE - Duration::from_millis(300),
+        "re-presented {served_after:?} after the unknown outcome, inside the {SETTLE:?} window"
+    );
+    assert!(served_after <= SETTLE + Duration::from_millis(2500), "served only {served_after:?} after the unknown outcome");
     assert_eq!(c.op.refresh_grants().await, 2, "presented exactly once more");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = c.burst(4, &[0, 1], "after").await;
+    // (Its 2 s token is due again by now: a further, proactive grant is normal here.)
+    assert!(after.iter().all(|r| r.0 == 200), "the session lives on: {after:?}\n{}", c.logs());
 }
 
 /// Same, but the OP did process the lost request (it was slower than the gateway's timeout)
@@ -312,6 +341,73 @@ async fn proactive_refresh_does_not_make_requests_wait() {
     assert_eq!(c.burst(1, &[0], "after").await[0].0, 200);
     assert_ne!(c.upstream.last().unwrap().bearer, old_token, "the background refresh landed");
     assert_eq!(c.op.refresh_grants().await, 1, "one background refresh for the five requests");
+}
+
+/// A due-soon (proactive) refresh raced across instances: three gateways see the token inside
+/// its leeway at once and each starts a background refresh; with a rotating OP a second grant
+/// would present the rotated token and reuse detection would end the session. One grant, every
+/// request served at once, and the session lives on with the new token everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proactive_refresh_raced_across_instances_is_one_grant() {
+    let c = Cluster::start(3, OpOptions { access_token_ttl: 8, rotate_refresh_token: true, ..OpOptions::default() }, &[]).await;
+    assert!(c.burst(3, &[0, 1, 2], "fresh").await.iter().all(|r| r.0 == 200));
+    let old_token = c.upstream.last().unwrap().bearer;
+    // Keeps the winner's token call in flight while the other instances find the token due.
+    c.op.configure(serde_json::json!({ "token_delay_ms": 800 })).await;
+    // 8 s token, 25 % leeway: due from 6 s, expired (minus the 1 s in-flight margin) at 7 s.
+    tokio::time::sleep(Duration::from_millis(6100)).await;
+    for wave in 0..3 {
+        let due = c.burst(15, &[0, 1, 2], &format!("due{wave}")).await;
+        assert!(due.iter().all(|r| r.0 == 200), "wave {wave}: {due:?}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.upstream.clear();
+    let after = c.burst(9, &[0, 1, 2], "after").await;
+    assert!(after.iter().all(|r| r.0 == 200), "{after:?}\n{}", c.logs());
+    let tokens: std::collections::HashSet<_> = c.upstream.seen().iter().map(|s| s.bearer.clone()).collect();
+    assert_eq!(tokens.len(), 1, "every instance forwards the one new token");
+    assert!(!tokens.contains(&old_token), "the background refresh landed");
+    assert_eq!(c.op.refresh_grants().await, 1, "three instances, one proactive grant\n{}", c.logs());
+    assert_eq!(c.op.stats().await["grant_outcomes"]["refresh_token:invalid_grant"], 0);
+}
+
+/// The pub/sub connection that carries change notifications is killed by Redis mid-run
+/// (`CLIENT KILL TYPE pubsub`). Each instance notices, logs and restarts its listener; after
+/// that a request waiting on another instance's refresh is still woken by the notification:
+/// `refresh.poll_interval` is 30 s here and `max_wait` 15 s, so an answer within about a
+/// second of the write can only come from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_notification_after_the_listener_is_killed() {
+    let c =
+        Cluster::start(2, OpOptions { access_token_ttl: 3, ..OpOptions::default() }, &[("PORTCULLIS_REFRESH__POLL_INTERVAL", "30s")]).await;
+    let killed = std::process::Command::new("redis-cli").args(["-u", &c.redis.url(), "CLIENT", "KILL", "TYPE", "pubsub"]).output().unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    let started = std::time::Instant::now();
+    while c.gateways.iter().any(|g| !g.log_text().contains("restarting the listener")) {
+        assert!(started.elapsed() < Duration::from_secs(15), "the listeners did not restart\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The token expires; instance 0 refreshes (the OP takes 1 s), instance 1 waits for it.
+    tokio::time::sleep(Duration::from_millis(3300).saturating_sub(started.elapsed())).await;
+    c.op.configure(serde_json::json!({ "token_delay_ms": 1000 })).await;
+    let http = reqwest::Client::new();
+    let holder = tokio::spawn(
+        http.get(format!("{}/api/holder", c.gateways[0].url()))
+            .header("cookie", format!("portcullis={}", c.cookie))
+            .header("accept", "application/json")
+            .send(),
+    );
+    while c.op.refresh_grants().await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting_since = std::time::Instant::now();
+    let waiters = c.burst(5, &[1], "waiter").await;
+    let waited = waiting_since.elapsed();
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    assert!(waiters.iter().all(|r| r.0 == 200), "{waiters:?}\n{}", c.logs());
+    assert!(waited < Duration::from_millis(2500), "woken after {waited:?}: not by the notification\n{}", c.logs());
+    assert_eq!(c.op.refresh_grants().await, 1);
 }
 
 /// A refresh slower than `refresh.max_wait`: waiters get a clear 503 at the deadline, never a

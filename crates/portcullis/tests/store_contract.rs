@@ -3,7 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use portcullis::session::{
-    CasOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet, now_millis,
+    CasOutcome, DeleteOutcome, Identity, Lifetimes, MemoryStore, RedisStore, SessionId, SessionRecord, SessionStore, StoreError, TokenSet,
+    now_millis,
 };
 use portcullis_testkit::Redis;
 
@@ -104,8 +105,74 @@ async fn idle_and_absolute_lifetimes(make: impl Fn(Lifetimes) -> Arc<dyn Session
     assert!(store.load(&key).await.unwrap().is_none(), "a used session still ends at the absolute lifetime");
 }
 
+/// Delete-if-version: a stale copy cannot delete the newer version another holder wrote; the
+/// version read is deleted (and its waiters woken); racing a CAS from the same version,
+/// exactly one of the two takes effect.
+async fn deletes_only_the_version_read(store: Arc<dyn SessionStore>) {
+    let key = SessionId::generate().key();
+    assert_eq!(store.delete_if_version(&key, 1).await.unwrap(), DeleteOutcome::Gone);
+    store.create(&key, &record("v1")).await.unwrap();
+    assert_eq!(store.compare_and_set(&key, 1, &record("v2")).await.unwrap(), CasOutcome::Written(2));
+    assert_eq!(store.delete_if_version(&key, 1).await.unwrap(), DeleteOutcome::Conflict, "a holder that read version 1");
+    assert_eq!(store.load(&key).await.unwrap().unwrap().tokens.access_token, "v2", "the newer session survives");
+
+    let mut watch = store.watch(&key);
+    let started = std::time::Instant::now();
+    assert_eq!(store.delete_if_version(&key, 2).await.unwrap(), DeleteOutcome::Deleted);
+    watch.changed(Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "the delete notifies waiters");
+    assert!(store.load(&key).await.unwrap().is_none());
+    assert_eq!(store.delete_if_version(&key, 2).await.unwrap(), DeleteOutcome::Gone);
+
+    for round in 0..30 {
+        let key = SessionId::generate().key();
+        store.create(&key, &record("base")).await.unwrap();
+        let new = record("new");
+        let (deleted, written) = tokio::join!(store.delete_if_version(&key, 1), store.compare_and_set(&key, 1, &new));
+        let survivor = store.load(&key).await.unwrap();
+        match (deleted.unwrap(), written.unwrap()) {
+            (DeleteOutcome::Deleted, CasOutcome::Gone) => assert!(survivor.is_none(), "round {round}"),
+            (DeleteOutcome::Conflict, CasOutcome::Written(2)) => {
+                assert_eq!(survivor.unwrap().tokens.access_token, "new", "round {round}")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
+/// Renew and release are owner-checked: a holder whose lease lapsed can neither extend nor
+/// delete the lease a newcomer took, and a non-holder cannot release a live lease.
+async fn leases_are_owner_checked(store: Arc<dyn SessionStore>) {
+    let key = SessionId::generate().key();
+    let short = Duration::from_millis(300);
+    assert!(store.try_lease(&key, "a", short).await.unwrap());
+    assert!(!store.try_lease(&key, "b", short).await.unwrap(), "held");
+    assert!(!store.renew_lease(&key, "b", Duration::from_secs(5)).await.unwrap(), "b does not hold it");
+    store.release_lease(&key, "b").await.unwrap();
+    assert!(!store.try_lease(&key, "c", short).await.unwrap(), "b's release did not free a's lease");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!store.renew_lease(&key, "a", Duration::from_secs(5)).await.unwrap(), "a lapsed lease cannot be renewed");
+    assert!(store.try_lease(&key, "b", Duration::from_secs(5)).await.unwrap(), "the lapsed lease is free");
+    assert!(!store.renew_lease(&key, "a", Duration::from_secs(5)).await.unwrap(), "the lapsed holder cannot extend the newcomer's");
+    store.release_lease(&key, "a").await.unwrap();
+    assert!(!store.try_lease(&key, "c", short).await.unwrap(), "the lapsed holder cannot delete the newcomer's");
+    assert!(store.renew_lease(&key, "b", Duration::from_secs(5)).await.unwrap());
+    store.release_lease(&key, "b").await.unwrap();
+    assert!(store.try_lease(&key, "c", short).await.unwrap(), "the holder's release frees it");
+
+    // A renewal extends: a 300 ms lease renewed for 5 s is still held after 500 ms.
+    let key = SessionId::generate().key();
+    assert!(store.try_lease(&key, "a", short).await.unwrap());
+    assert!(store.renew_lease(&key, "a", Duration::from_secs(5)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!store.try_lease(&key, "b", short).await.unwrap(), "renewed");
+}
+
 #[tokio::test]
 async fn memory_store_contract() {
+    deletes_only_the_version_read(Arc::new(MemoryStore::new(LONG))).await;
+    leases_are_owner_checked(Arc::new(MemoryStore::new(LONG))).await;
     versioned_writes(Arc::new(MemoryStore::new(LONG))).await;
     concurrent_writers_one_wins(Arc::new(MemoryStore::new(LONG))).await;
     states_are_consumed_once(Arc::new(MemoryStore::new(LONG))).await;
@@ -117,10 +184,34 @@ async fn redis_store_contract() {
     let redis = Redis::start().await;
     let url = redis.url();
     let make = |l| -> Arc<dyn SessionStore> { Arc::new(RedisStore::new(&url, l, Duration::from_secs(2)).unwrap()) };
+    deletes_only_the_version_read(make(LONG)).await;
+    leases_are_owner_checked(make(LONG)).await;
     versioned_writes(make(LONG)).await;
     concurrent_writers_one_wins(make(LONG)).await;
     states_are_consumed_once(make(LONG)).await;
     idle_and_absolute_lifetimes(make).await;
+}
+
+/// A refresh's CAS keeps the record's TTL (`KEEPTTL`): only use by the browser restarts the
+/// idle clock, and the absolute lifetime cap set in the session's last idle window holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cas_keeps_the_ttl() {
+    let redis = Redis::start().await;
+    let store = RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap();
+    let mut conn = raw_redis(&redis.url()).await;
+    let key = SessionId::generate().key();
+    store.create(&key, &record("v1")).await.unwrap();
+    // As a load in the session's last idle window leaves it: capped well below the idle time.
+    let _: () = redis::AsyncCommands::pexpire(&mut conn, record_key(&key), 50_000).await.unwrap();
+    let before: i64 = redis::cmd("PTTL").arg(record_key(&key)).query_async(&mut conn).await.unwrap();
+    assert_eq!(store.compare_and_set(&key, 1, &record("v2")).await.unwrap(), CasOutcome::Written(2));
+    let after: i64 = redis::cmd("PTTL").arg(record_key(&key)).query_async(&mut conn).await.unwrap();
+    assert!(after > 0 && after <= before && before - after < 5_000, "PTTL before {before} ms, after the CAS {after} ms");
+    let mut marked = record("v2");
+    marked.unsettled_refresh = Some(portcullis::session::UnsettledRefresh { token_hash: "h".into(), at: now_millis() });
+    assert_eq!(store.compare_and_set(&key, 2, &marked).await.unwrap(), CasOutcome::Written(3));
+    let last: i64 = redis::cmd("PTTL").arg(record_key(&key)).query_async(&mut conn).await.unwrap();
+    assert!(last > 0 && last <= after, "PTTL {last} ms after the second CAS");
 }
 
 /// Redis down: operations fail fast with `Unavailable` (never hang, never panic); Redis back:
@@ -400,4 +491,130 @@ async fn keys_without_their_sealing_key_neither_read_nor_write() {
     let fresh: portcullis::session::SessionKey = serde_json::from_str("\"AAAAAAAAAAAAAAAAAAAAAAAA\"").unwrap();
     assert!(matches!(store.create(&fresh, &record("y")).await, Err(StoreError::NoSealingKey)));
     assert_eq!(store.load(&key).await.unwrap().unwrap().tokens.access_token, "x", "nothing was overwritten");
+}
+
+// ---- The notification listener's health (issue 8, item 8) ----
+
+/// A TCP proxy whose open connections can be frozen: bytes stop flowing both ways and the
+/// sockets stay open, the half-open connection a NAT, a load balancer or a failover leaves
+/// behind. Connections opened after the freeze flow normally.
+struct StallingProxy {
+    port: u16,
+    connections: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl StallingProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let registry = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let frozen = Arc::new(AtomicBool::new(false));
+                registry.lock().unwrap().push(frozen.clone());
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(ro), Box::new(wi)),
+                ] {
+                    let frozen = frozen.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if frozen.load(Ordering::SeqCst) {
+                                // Hold both sockets open, forward nothing, ever.
+                                let _keep = (from, to);
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, connections }
+    }
+
+    fn freeze_open_connections(&self) {
+        for c in self.connections.lock().unwrap().iter() {
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// After a fault on the pub/sub connection, a waiter on one instance is still woken by a write
+/// on another within a second or two, although its poll interval is 30 s: the listener noticed
+/// (the connection closed, or a ping went unanswered), restarted and counted the restart.
+/// Both faults: the connection killed by the server (`CLIENT KILL TYPE pubsub`), and a
+/// half-open connection that delivers nothing and never closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_survive_a_lost_listener_connection() {
+    let redis = Redis::start().await;
+    let redis_addr: std::net::SocketAddr = redis.url().trim_start_matches("redis://").parse().unwrap();
+    for fault in ["CLIENT KILL TYPE pubsub", "half-open connection"] {
+        let proxy = StallingProxy::start(redis_addr).await;
+        let writer: Arc<dyn SessionStore> = Arc::new(RedisStore::new(&redis.url(), LONG, Duration::from_secs(2)).unwrap());
+        let watcher = RedisStore::new(&format!("redis://127.0.0.1:{}", proxy.port), LONG, Duration::from_secs(2)).unwrap();
+        let watcher_dyn: Arc<dyn SessionStore> = Arc::new(watcher.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        wake_within(&writer, &watcher_dyn, &format!("{fault}: before")).await;
+
+        match fault {
+            "CLIENT KILL TYPE pubsub" => {
+                let killed: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut raw_redis(&redis.url()).await)
+                    .await
+                    .unwrap();
+                assert!(killed >= 1, "killed {killed} pub/sub connections");
+            }
+            _ => proxy.freeze_open_connections(),
+        }
+        let started = std::time::Instant::now();
+        while watcher.notification_restarts() == 0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "{fault}: the listener never noticed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the new subscription come up (its first back-off is 100 ms).
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        for round in 0..3 {
+            wake_within(&writer, &watcher_dyn, &format!("{fault}: after, round {round}")).await;
+        }
+        assert_eq!(watcher.notification_restarts(), 1, "{fault}: one restart, counted");
+    }
+}
+
+/// A write on `writer` wakes a watch on `watcher` within 2 s; the watch's own timeout (the
+/// poll) is 30 s, so only the notification can wake it that early.
+async fn wake_within(writer: &Arc<dyn SessionStore>, watcher: &Arc<dyn SessionStore>, what: &str) {
+    let key = SessionId::generate().key();
+    writer.create(&key, &record("v1")).await.unwrap();
+    let mut watch = watcher.watch(&key);
+    let (writer2, key2) = (writer.clone(), key.clone());
+    let started = std::time::Instant::now();
+    let write = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(writer2.compare_and_set(&key2, 1, &record("v2")).await.unwrap(), CasOutcome::Written(2));
+    });
+    watch.changed(Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    write.await.unwrap();
+    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(2), "{what}: woken after {took:?}, not by the notification");
 }

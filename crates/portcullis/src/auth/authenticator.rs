@@ -15,7 +15,7 @@ use super::{
 use crate::{
     bearer::{self, BearerError, BearerPolicy, BearerValidator},
     config::{BearerMode, Config, RefreshConfig, RouteConfig, StoreKind},
-    session::{CookieCodec, Freshness, Identity, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
+    session::{CookieCodec, DeleteOutcome, Freshness, Identity, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
 };
 
 /// A request's live session.
@@ -108,6 +108,7 @@ impl Authenticator {
                     poll_interval: config.refresh.poll_interval,
                     settle_after_unknown: config.refresh.settle_after_unknown.unwrap_or(config.oidc.http_timeout),
                     op_answer_timeout: config.refresh.op_answer_timeout,
+                    clock_skew: config.oidc.clock_skew,
                 },
                 stats.clone(),
             ),
@@ -169,9 +170,18 @@ impl Authenticator {
             }
             Freshness::DueSoon => Ok(Some(Session { key, record, set_cookies: Vec::new() })),
             Freshness::Expired if record.tokens.refresh_token.is_none() => {
-                // Nothing to refresh with: the session is over when its token is.
-                let _ = inner.store.delete(&key).await;
-                Ok(None)
+                // Nothing to refresh with: the session is over when its token is. Deleted only
+                // at the version read: a newer version written meanwhile is not this copy's
+                // to end. A failed delete changes nothing: the record expires by itself.
+                match inner.store.delete_if_version(&key, record.version).await {
+                    Ok(DeleteOutcome::Conflict) => match inner.store.load(&key).await? {
+                        Some(newer) if newer.tokens.usable(now_millis()) => {
+                            Ok(Some(Session { key, record: newer, set_cookies: Vec::new() }))
+                        }
+                        _ => Ok(None),
+                    },
+                    _ => Ok(None),
+                }
             }
             Freshness::Expired => match inner.refresher.refresh(&key, record).await {
                 Ok(record) => Ok(Some(Session { key, record, set_cookies: Vec::new() })),

@@ -33,7 +33,7 @@ use super::{provider::ProviderHandle, stats::RefreshStats};
 use crate::{
     crypto,
     oidc::{Refreshed, TokenError},
-    session::{CasOutcome, SessionKey, SessionRecord, SessionStore, StoreError, UnsettledRefresh, now_millis},
+    session::{CasOutcome, DeleteOutcome, SessionKey, SessionRecord, SessionStore, StoreError, UnsettledRefresh, now_millis},
 };
 
 /// Why a refresh produced no usable session.
@@ -61,6 +61,10 @@ pub enum RefreshError {
     /// The refresh task ended without an answer (it panicked); the next request starts anew.
     #[error("the token refresh stopped without an answer")]
     Aborted,
+    /// While this refresh ended, another holder wrote a newer generation of the session whose
+    /// access token is already spent: the session is kept, the next request refreshes it.
+    #[error("the session changed while it was being refreshed")]
+    Superseded,
 }
 
 /// Timing of the refresh protocol (from `[refresh]` in the config).
@@ -72,6 +76,8 @@ pub(crate) struct Timing {
     pub(crate) settle_after_unknown: Duration,
     /// The refresh task's wait for the OP's answer (`refresh.op_answer_timeout`).
     pub(crate) op_answer_timeout: Duration,
+    /// How far apart two instances' clocks may be (`oidc.clock_skew`); see `superseded`.
+    pub(crate) clock_skew: Duration,
 }
 
 type Outcome = Result<Arc<SessionRecord>, RefreshError>;
@@ -249,8 +255,15 @@ impl RefreshTask {
     }
 
     /// `current` when someone else refreshed since the caller loaded `seen`.
+    ///
+    /// Clocks: `current`'s `expires_at` was computed on the instance that wrote it. Its tokens
+    /// differ from the ones the caller saw, so they were written after the caller started:
+    /// they are new whatever the clocks say. An instance whose clock runs up to
+    /// `oidc.clock_skew` ahead of the writer's would see them as (nearly) expired and send a
+    /// second grant; they are therefore judged allowing that skew.
     fn superseded(&self, seen: &SessionRecord, current: &Arc<SessionRecord>) -> Option<Arc<SessionRecord>> {
-        let newer = current.version != seen.version && current.tokens != seen.tokens && current.tokens.usable(now_millis());
+        let now_allowing_skew = now_millis().saturating_sub(self.timing.clock_skew.as_millis() as u64);
+        let newer = current.version != seen.version && current.tokens != seen.tokens && current.tokens.usable(now_allowing_skew);
         if newer {
             self.stats.reused_newer_version();
         }
@@ -291,10 +304,13 @@ impl RefreshTask {
                 next.unsettled_refresh = None;
                 self.write_answer(&current, refresh_token, next).await
             }
-            Err(TokenError::InvalidGrant) => self.end_unless_superseded(current.version).await,
+            Err(TokenError::InvalidGrant) => {
+                tracing::info!(session = %self.key, "refresh token rejected by the OP (invalid_grant): session ended unless another holder refreshed it");
+                self.end(current.version, refresh_token).await
+            }
             Err(TokenError::SubjectChanged) => {
                 tracing::warn!(session = %self.key, "the OP refreshed the session for another subject; session ended");
-                self.end(current.version).await
+                self.end(current.version, refresh_token).await
             }
             Err(e @ TokenError::OutcomeUnknown(_)) => {
                 self.mark_unsettled(&current, refresh_token).await;
@@ -347,25 +363,44 @@ impl RefreshTask {
         }
     }
 
-    /// After `invalid_grant`: a newer version means another holder refreshed (and rotated the
-    /// token we presented); otherwise the session is over.
-    async fn end_unless_superseded(&self, based_on: u64) -> Outcome {
-        if let Some(latest) = self.store.load(&self.key).await?
-            && latest.version != based_on
-            && latest.tokens.usable(now_millis())
-        {
-            self.stats.reused_newer_version();
-            return Ok(latest);
+    /// The refresh token `presented` is definitively dead (`invalid_grant`, or the OP answered
+    /// for another subject): the session ends, unless another holder refreshed meanwhile.
+    ///
+    /// The delete is conditional on the version this task read under its lease. If our lease
+    /// lapsed (a stalled process, a long GC pause) another holder may have refreshed and
+    /// written a newer version with a live token, and an unconditional delete would end the
+    /// session it just saved (the "lost lease" race). On a version conflict the session is
+    /// re-read: another generation of the refresh token means another holder won (and our
+    /// `invalid_grant` was about the token it rotated) and its version is used; the same dead
+    /// token with other fields changed is deleted at its new version.
+    async fn end(&self, mut based_on: u64, presented: &str) -> Outcome {
+        for _ in 0..3 {
+            match self.store.delete_if_version(&self.key, based_on).await? {
+                DeleteOutcome::Deleted => {
+                    self.stats.session_ended();
+                    return Err(RefreshError::SessionEnded);
+                }
+                DeleteOutcome::Gone => return Err(RefreshError::SessionEnded),
+                DeleteOutcome::Conflict => {
+                    let latest = self.store.load(&self.key).await?.ok_or(RefreshError::SessionEnded)?;
+                    if latest.tokens.refresh_token.as_deref() == Some(presented) {
+                        based_on = latest.version;
+                        continue;
+                    }
+                    // Another holder won: its version is newer by construction (written after
+                    // the one we read under the lease), so it is judged allowing clock skew.
+                    if latest.tokens.usable(now_millis().saturating_sub(self.timing.clock_skew.as_millis() as u64)) {
+                        self.stats.reused_newer_version();
+                        tracing::info!(session = %self.key, "refresh token rejected, but another holder already refreshed the session; using its version");
+                        return Ok(latest);
+                    }
+                    // A newer generation whose access token is already spent: not ours to end,
+                    // and nothing to forward; the next request refreshes it with its own token.
+                    return Err(RefreshError::Superseded);
+                }
+            }
         }
-        tracing::info!(session = %self.key, "refresh token rejected by the OP (invalid_grant): session ended");
-        self.end(based_on).await
-    }
-
-    /// Deletes the session: its refresh token is definitively dead.
-    async fn end(&self, _based_on: u64) -> Outcome {
-        self.store.delete(&self.key).await?;
-        self.stats.session_ended();
-        Err(RefreshError::SessionEnded)
+        Err(RefreshError::Superseded)
     }
 
     /// Records that the current refresh token's last presentation got no answer, so no instance

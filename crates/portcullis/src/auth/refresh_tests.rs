@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 
 use super::*;
-use crate::session::{ChangeWatch, Identity, Lifetimes, MemoryStore, SessionId, TokenSet};
+use crate::session::{ChangeWatch, DeleteOutcome, Identity, Lifetimes, MemoryStore, SessionId, TokenSet};
 
 /// The memory store, except that the first `load` after `arm` panics (a bug in a store, a
 /// decoder, the OP client: anything inside the spawned refresh task).
@@ -31,6 +31,9 @@ impl SessionStore for PanicOnce {
     }
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.inner.delete(key).await
+    }
+    async fn delete_if_version(&self, key: &SessionKey, expected: u64) -> Result<DeleteOutcome, StoreError> {
+        self.inner.delete_if_version(key, expected).await
     }
     async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError> {
         self.inner.state_consumed(state_hash).await
@@ -86,6 +89,7 @@ async fn a_panicking_refresh_task_leaves_no_dead_flight() {
         poll_interval: Duration::from_millis(50),
         settle_after_unknown: Duration::from_secs(1),
         op_answer_timeout: Duration::from_secs(5),
+        clock_skew: Duration::from_secs(60),
     };
     let refresher = Refresher::new(store.clone(), ProviderHandle::default(), timing, Arc::default());
     store.armed.store(true, Ordering::SeqCst);
@@ -93,4 +97,51 @@ async fn a_panicking_refresh_task_leaves_no_dead_flight() {
     assert!(matches!(first, Err(RefreshError::Aborted)), "{first:?}");
     let second = refresher.refresh(&key, seen).await;
     assert!(matches!(second, Err(RefreshError::ProviderNotReady)), "a new refresh ran: {second:?}");
+}
+
+/// Item 10 (clocks): a version that appeared while this request waited was written after it
+/// started, so its tokens are new, whatever the writer's clock said. Written by an instance
+/// whose clock lags ours by up to `oidc.clock_skew`, its `expires_at` may already be past on
+/// our clock: it is used, not refreshed a second time. Beyond the skew allowance it is
+/// refreshed (here the OP handle is not ready, so "refreshed" shows as `ProviderNotReady`).
+#[tokio::test]
+async fn a_new_version_from_a_lagging_clock_is_used_within_the_skew_allowance() {
+    let lifetimes = Lifetimes { idle: Duration::from_secs(600), absolute: Duration::from_secs(3600) };
+    let skew = Duration::from_secs(60);
+    // (how far the writer's clock lags ours, token lifetime, a second grant expected)
+    let cases = [
+        (Duration::ZERO, Duration::from_secs(10), false),
+        (Duration::from_secs(20), Duration::from_secs(10), false), // expired 10 s ago on our clock
+        (Duration::from_secs(59), Duration::from_secs(10), false),
+        (Duration::from_secs(90), Duration::from_secs(10), true), // beyond oidc.clock_skew
+    ];
+    for (lag, lifetime, second_grant) in cases {
+        let store = Arc::new(MemoryStore::new(lifetimes));
+        let key = SessionId::generate().key();
+        store.create(&key, &expired_record()).await.unwrap();
+        let seen = store.load(&key).await.unwrap().unwrap();
+        // Another instance refreshed meanwhile, stamping the tokens with its own clock.
+        let mut theirs = (*seen).clone();
+        let their_now = now_millis() - lag.as_millis() as u64;
+        theirs.tokens.access_token = "at-theirs".into();
+        theirs.tokens.refresh_token = Some("rt-theirs".into());
+        theirs.tokens.issued_at = their_now;
+        theirs.tokens.expires_at = Some(their_now + lifetime.as_millis() as u64);
+        assert_eq!(store.compare_and_set(&key, 1, &theirs).await.unwrap(), CasOutcome::Written(2));
+        let timing = Timing {
+            max_wait: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(50),
+            settle_after_unknown: Duration::from_secs(1),
+            op_answer_timeout: Duration::from_secs(5),
+            clock_skew: skew,
+        };
+        let refresher = Refresher::new(store.clone(), ProviderHandle::default(), timing, Arc::default());
+        let outcome = refresher.refresh(&key, seen).await;
+        match (second_grant, outcome) {
+            (false, Ok(record)) => assert_eq!(record.tokens.access_token, "at-theirs", "lag {lag:?}"),
+            (true, Err(RefreshError::ProviderNotReady)) => {}
+            (_, other) => panic!("writer's clock {lag:?} behind: {other:?}"),
+        }
+    }
 }

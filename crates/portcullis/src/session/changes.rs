@@ -11,10 +11,20 @@ use super::SessionKey;
 /// `Lagged` and treats it as "something changed": it re-reads, so nothing is lost but a wake-up.
 const CAPACITY: usize = 1024;
 
+/// One notification of the feed.
+#[derive(Clone, Debug)]
+enum Change {
+    /// This session has a new version or is gone.
+    Session(SessionKey),
+    /// Any session may have changed: notifications may have been lost (the Redis listener was
+    /// reconnected). Every waiter re-reads.
+    Any,
+}
+
 /// The in-process fan-out of change notifications. Stores feed it: the memory store on every
 /// write, the Redis store from one pub/sub connection per process.
 #[derive(Clone)]
-pub struct ChangeFeed(broadcast::Sender<SessionKey>);
+pub struct ChangeFeed(broadcast::Sender<Change>);
 
 impl Default for ChangeFeed {
     fn default() -> Self {
@@ -26,7 +36,13 @@ impl ChangeFeed {
     /// Announces that `key` changed.
     pub fn publish(&self, key: SessionKey) {
         // No receivers is fine: nobody is waiting.
-        let _ = self.0.send(key);
+        let _ = self.0.send(Change::Session(key));
+    }
+
+    /// Announces that any session may have changed (notifications were possibly lost while
+    /// the source was disconnected): every waiter re-reads now rather than at its next poll.
+    pub fn publish_any(&self) {
+        let _ = self.0.send(Change::Any);
     }
 
     /// A watch on `key`. Take it *before* reading the session, so a change landing between the
@@ -39,7 +55,7 @@ impl ChangeFeed {
 /// Waits for changes of one session.
 pub struct ChangeWatch {
     key: SessionKey,
-    rx: broadcast::Receiver<SessionKey>,
+    rx: broadcast::Receiver<Change>,
 }
 
 impl ChangeWatch {
@@ -49,8 +65,9 @@ impl ChangeWatch {
         let wait = async {
             loop {
                 match self.rx.recv().await {
-                    Ok(key) if key == self.key => return,
-                    Ok(_) => continue,
+                    Ok(Change::Session(key)) if key == self.key => return,
+                    Ok(Change::Any) => return,
+                    Ok(Change::Session(_)) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
                 }

@@ -12,7 +12,7 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError,
+    CasOutcome, ChangeFeed, ChangeWatch, DeleteOutcome, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError,
     record::{UnixMillis, now_millis},
 };
 
@@ -146,6 +146,26 @@ impl SessionStore for MemoryStore {
         write(&self.inner.sessions).remove(key);
         self.inner.changes.publish(key.clone());
         Ok(())
+    }
+
+    async fn delete_if_version(&self, key: &SessionKey, expected: u64) -> Result<DeleteOutcome, StoreError> {
+        let now = now_millis();
+        let mut sessions = write(&self.inner.sessions);
+        // Same visibility as `load`: an entry past its expiry is already gone.
+        let outcome = match sessions.get(key) {
+            Some(e) if e.expires_at.load(Ordering::Relaxed) <= now => DeleteOutcome::Gone,
+            Some(e) if e.record.version != expected => DeleteOutcome::Conflict,
+            Some(_) => {
+                sessions.remove(key);
+                DeleteOutcome::Deleted
+            }
+            None => DeleteOutcome::Gone,
+        };
+        drop(sessions);
+        if outcome == DeleteOutcome::Deleted {
+            self.inner.changes.publish(key.clone());
+        }
+        Ok(outcome)
     }
 
     async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError> {

@@ -8,14 +8,21 @@
 //! Redis Cluster slot, so one script can touch them together. Every write publishes on
 //! `portcullis:{<key>}:changed`, which wakes requests waiting on other instances.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::OnceCell;
 
 use super::{
-    CasOutcome, ChangeFeed, ChangeWatch, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis, sealed_record,
+    CasOutcome, ChangeFeed, ChangeWatch, DeleteOutcome, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis,
+    sealed_record,
 };
 
 /// Compare-and-set of a session record. A script, not WATCH/MULTI: transactions on a shared
@@ -31,6 +38,19 @@ local sep = string.find(cur, '|', 1, true)
 if not sep or tonumber(string.sub(cur, 1, sep - 1)) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 redis.call('PUBLISH', ARGV[3], ARGV[1] + 1)
+return 1
+";
+
+/// Delete-if-version: the same version check as the CAS, then `DEL` and the notification, in
+/// one script (a `GET` then `DEL` from the client would let a newer version written between
+/// them be deleted). Returns 1 deleted, 0 version conflict, -1 already gone.
+const DELETE_IF_VERSION_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+local sep = string.find(cur, '|', 1, true)
+if not sep or tonumber(string.sub(cur, 1, sep - 1)) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], 0)
 return 1
 ";
 
@@ -64,11 +84,14 @@ struct Inner {
     lifetimes: Lifetimes,
     timeout: Duration,
     cas: redis::Script,
+    delete_if_version: redis::Script,
     renew: redis::Script,
     release: redis::Script,
     changes: ChangeFeed,
     /// Started with the first `watch`: one pub/sub connection per process, fanned out in-process.
     listener: std::sync::Once,
+    /// Restarts of that connection after it was lost (closed, or a ping unanswered).
+    listener_restarts: Arc<AtomicU64>,
 }
 
 impl RedisStore {
@@ -83,10 +106,12 @@ impl RedisStore {
                 lifetimes,
                 timeout,
                 cas: redis::Script::new(CAS_SCRIPT),
+                delete_if_version: redis::Script::new(DELETE_IF_VERSION_SCRIPT),
                 renew: redis::Script::new(RENEW_SCRIPT),
                 release: redis::Script::new(RELEASE_SCRIPT),
                 changes: ChangeFeed::default(),
                 listener: std::sync::Once::new(),
+                listener_restarts: Arc::default(),
             }),
         };
         // Subscribe at startup when there is a runtime, so the first refresh's notification
@@ -100,7 +125,7 @@ impl RedisStore {
     fn start_listener(&self) {
         let inner = &self.inner;
         inner.listener.call_once(|| {
-            tokio::spawn(listen_for_changes(inner.client.clone(), inner.changes.clone()));
+            tokio::spawn(listen_for_changes(inner.client.clone(), inner.changes.clone(), inner.timeout, inner.listener_restarts.clone()));
         });
     }
 
@@ -125,6 +150,12 @@ impl RedisStore {
         tokio::time::timeout(self.inner.timeout, op)
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {:?}", self.inner.timeout))))
+    }
+
+    /// How many times the change-notification connection was lost and restarted since start
+    /// (for the metrics endpoint; each restart is also logged).
+    pub fn notification_restarts(&self) -> u64 {
+        self.inner.listener_restarts.load(Ordering::Relaxed)
     }
 
     /// Checks that Redis answers (for readiness).
@@ -155,30 +186,78 @@ fn key_of_channel(channel: &str) -> Option<SessionKey> {
     channel.strip_prefix("portcullis:{")?.strip_suffix("}:changed").map(SessionKey::from_stored)
 }
 
-/// Forwards every session change published in Redis to the in-process feed, reconnecting with
-/// back-off. A notification lost while disconnected costs a waiter one poll interval, no more.
-async fn listen_for_changes(client: redis::Client, feed: ChangeFeed) {
-    use futures_util::StreamExt;
-    let mut delay = Duration::from_millis(100);
+/// How often the notification connection is pinged. A subscribed connection carries no
+/// traffic of its own: without a ping, a half-open connection (a NAT or load balancer that
+/// dropped its state, a failover that left the socket open) would look exactly like a quiet
+/// one, and every cross-instance wait would silently fall back to polling, forever.
+const LISTENER_PING_EVERY: Duration = Duration::from_secs(3);
+/// A ping not answered within this restarts the connection.
+const LISTENER_PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Back-off between restarts of the notification connection.
+const LISTENER_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LISTENER_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Forwards every session change published in Redis to the in-process feed. The connection is
+/// pinged every few seconds and restarted, with back-off, when it closes or a pong does not
+/// come; each restart is logged and counted (`RedisStore::notification_restarts`). After each
+/// (re)subscription every waiter is told to re-read, since notifications sent while the
+/// connection was down are lost: a restart costs a re-read, never a poll interval.
+async fn listen_for_changes(client: redis::Client, feed: ChangeFeed, connect_timeout: Duration, restarts: Arc<AtomicU64>) {
+    let mut delay = LISTENER_BACKOFF_MIN;
+    let mut subscribed_before = false;
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.psubscribe(CHANGES_PATTERN).await {
-                Ok(()) => {
-                    delay = Duration::from_millis(100);
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        if let Some(key) = key_of_channel(message.get_channel_name()) {
-                            feed.publish(key);
-                        }
-                    }
-                    tracing::warn!("redis change notifications interrupted; reconnecting");
-                }
-                Err(e) => tracing::warn!(error = %e, "redis: cannot subscribe to change notifications"),
-            },
-            Err(e) => tracing::debug!(error = %e, "redis: change notifications not connected"),
+        let ended = listen_once(&client, &feed, connect_timeout, &mut delay, &mut subscribed_before).await;
+        if subscribed_before {
+            let count = restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(reason = %ended, retry_in = ?delay, restarts = count, "redis change notifications interrupted; restarting the listener");
+        } else {
+            tracing::debug!(reason = %ended, retry_in = ?delay, "redis: change notifications not connected yet");
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(LISTENER_BACKOFF_MAX);
+    }
+}
+
+/// One life of the notification connection; returns why it ended.
+async fn listen_once(
+    client: &redis::Client,
+    feed: &ChangeFeed,
+    connect_timeout: Duration,
+    delay: &mut Duration,
+    subscribed: &mut bool,
+) -> String {
+    use futures_util::StreamExt;
+    let connect = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.psubscribe(CHANGES_PATTERN).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    };
+    let pubsub = match tokio::time::timeout(connect_timeout, connect).await {
+        Ok(Ok(pubsub)) => pubsub,
+        Ok(Err(e)) => return format!("cannot subscribe: {e}"),
+        Err(_) => return format!("no subscription within {connect_timeout:?}"),
+    };
+    *delay = LISTENER_BACKOFF_MIN;
+    *subscribed = true;
+    feed.publish_any();
+    let (mut sink, mut messages) = pubsub.split();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + LISTENER_PING_EVERY, LISTENER_PING_EVERY);
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => {
+                    if let Some(key) = key_of_channel(message.get_channel_name()) {
+                        feed.publish(key);
+                    }
+                }
+                None => return "connection closed".into(),
+            },
+            _ = ping.tick() => match tokio::time::timeout(LISTENER_PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return format!("ping failed: {e}"),
+                Err(_) => return format!("no pong within {LISTENER_PING_TIMEOUT:?}"),
+            },
+        }
     }
 }
 
@@ -304,6 +383,27 @@ impl SessionStore for RedisStore {
             let _: (i64, i64) =
                 redis::pipe().del(session_key(key)).publish(changes_channel(key), 0).query_async(&mut conn).await.map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn delete_if_version(&self, key: &SessionKey, expected: u64) -> Result<DeleteOutcome, StoreError> {
+        self.with_timeout(async {
+            let mut conn = self.conn().await?;
+            let outcome: i64 = self
+                .inner
+                .delete_if_version
+                .key(session_key(key))
+                .arg(expected)
+                .arg(changes_channel(key))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(match outcome {
+                1 => DeleteOutcome::Deleted,
+                0 => DeleteOutcome::Conflict,
+                _ => DeleteOutcome::Gone,
+            })
         })
         .await
     }

@@ -32,6 +32,17 @@ pub enum CasOutcome {
     Gone,
 }
 
+/// Result of a delete-if-version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The session was at the expected version and is now deleted (waiters notified).
+    Deleted,
+    /// The session has another version: someone wrote since it was read. Nothing deleted.
+    Conflict,
+    /// There was nothing to delete (logged out, expired, or deleted by someone else).
+    Gone,
+}
+
 /// How long sessions live; stores derive their record TTLs from it.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetimes {
@@ -66,8 +77,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Replaces the session with `record` if its stored version is still `expected`.
     async fn compare_and_set(&self, key: &SessionKey, expected: u64, record: &SessionRecord) -> Result<CasOutcome, StoreError>;
 
-    /// Removes the session (logout, or definitively invalid tokens).
+    /// Removes the session whatever its version: the user's own logout, which must win over
+    /// any refresh in flight.
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError>;
+
+    /// Removes the session only if its stored version is still `expected`, and notifies its
+    /// waiters. Every delete that follows from what a *copy* of the session said (its refresh
+    /// token is dead, its token expired with nothing to refresh it) goes through here: a holder
+    /// whose lease lapsed must not delete the newer session another holder wrote meanwhile.
+    async fn delete_if_version(&self, key: &SessionKey, expected: u64) -> Result<DeleteOutcome, StoreError>;
 
     /// Whether the login with this state hash has already completed (a read, no write: the
     /// callback asks before it contacts the OP, so a replayed callback never reaches the OP,
