@@ -310,6 +310,13 @@ fn granted(contract: Contract, caller: Option<&Caller>, request_headers: &Header
     let mut response = status.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Every header is sent, empty when there is nothing to say (an anonymous visitor, a user
+    // without groups): a proxy copying a header the answer lacks may leave the client's copy
+    // in place, or (Caddy 2.6's copy_headers) set the unexpanded placeholder text. nginx
+    // sends no header for an empty value; Caddy and Envoy send it empty.
+    for name in [header::AUTHORIZATION, AUTH_REQUEST_ACCESS_TOKEN, AUTH_REQUEST_USER, AUTH_REQUEST_EMAIL, AUTH_REQUEST_GROUPS, AUTH_REQUEST_PREFERRED_USERNAME] {
+        headers.insert(name, HeaderValue::from_static(""));
+    }
     let Some(caller) = caller else { return response };
     let token = match caller {
         Caller::Session(record) => HeaderValue::from_str(&record.tokens.access_token).ok(),
