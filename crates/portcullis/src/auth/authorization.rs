@@ -100,7 +100,10 @@ impl Refusal {
     /// The key of the rule, as in the config (`allowed_groups`, `require_claims.role`).
     pub fn key(&self) -> String {
         match &self.rule {
-            Rule::EmailUnverified | Rule::NoEmail | Rule::AllowedEmails => "allowed_emails".into(),
+            // An email rule that could not even be checked: named for what was missing.
+            Rule::EmailUnverified => "email_verified".into(),
+            Rule::NoEmail => "email".into(),
+            Rule::AllowedEmails => "allowed_emails".into(),
             Rule::AllowedEmailDomains => "allowed_email_domains".into(),
             Rule::AllowedGroups => "allowed_groups".into(),
             Rule::RequireClaim(claim) => format!("require_claims.{claim}"),
