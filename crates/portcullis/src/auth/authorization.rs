@@ -163,10 +163,7 @@ fn check(identity: &Identity, rules: &AuthorizationRules) -> Result<(), Rule> {
     for (claim, accepted) in &rules.require_claims {
         let holds = |v: &Value| match v {
             Value::String(s) => accepted.iter().any(|a| a == s),
-            Value::Number(_) | Value::Bool(_) => {
-                let text = v.to_string();
-                accepted.iter().any(|a| *a == text)
-            }
+            Value::Number(_) | Value::Bool(_) => accepted.contains(&v.to_string()),
             _ => false,
         };
         let ok = match identity.claims.get(claim) {
@@ -216,7 +213,9 @@ pub fn validate_rules(rules: &AuthorizationRules, key: &str) -> Result<(), (Stri
         if !plain || wildcard || domain.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err((
                 format!("{key}.allowed_email_domains"),
-                format!("{domain:?} is not a domain: write \"example.com\" (exact, no subdomains, no '@'), or \"*\" for any verified address"),
+                format!(
+                    "{domain:?} is not a domain: write \"example.com\" (exact, no subdomains, no '@'), or \"*\" for any verified address"
+                ),
             ));
         }
     }

@@ -314,7 +314,14 @@ fn granted(contract: Contract, caller: Option<&Caller>, request_headers: &Header
     // without groups): a proxy copying a header the answer lacks may leave the client's copy
     // in place, or (Caddy 2.6's copy_headers) set the unexpanded placeholder text. nginx
     // sends no header for an empty value; Caddy and Envoy send it empty.
-    for name in [header::AUTHORIZATION, AUTH_REQUEST_ACCESS_TOKEN, AUTH_REQUEST_USER, AUTH_REQUEST_EMAIL, AUTH_REQUEST_GROUPS, AUTH_REQUEST_PREFERRED_USERNAME] {
+    for name in [
+        header::AUTHORIZATION,
+        AUTH_REQUEST_ACCESS_TOKEN,
+        AUTH_REQUEST_USER,
+        AUTH_REQUEST_EMAIL,
+        AUTH_REQUEST_GROUPS,
+        AUTH_REQUEST_PREFERRED_USERNAME,
+    ] {
         headers.insert(name, HeaderValue::from_static(""));
     }
     let Some(caller) = caller else { return response };
@@ -375,7 +382,9 @@ mod tests {
     fn forwarded_request_table() {
         let amb_uri = Some("X-Forwarded-Uri / X-Original-URI");
         let amb_method = Some("X-Forwarded-Method / X-Original-Method");
-        let cases: Vec<(&[(&str, &str)], Option<&str>, Option<&str>, Option<&str>)> = vec![
+        // (headers, uri, method, ambiguous)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<Case<'_>> = vec![
             (&[], None, None, None),
             (&[("x-forwarded-uri", "/a?b=c")], Some("/a?b=c"), None, None),
             (&[("x-original-uri", "/a")], Some("/a"), None, None),
@@ -412,14 +421,20 @@ mod tests {
         let with_uri = |u: &str| ForwardedRequest { uri: Some(u.into()), ..Default::default() };
         assert_eq!(OriginalRequest::of(&req("/oauth2/auth", None)).unwrap_err().code, "forward_auth_untrusted_peer");
         assert_eq!(OriginalRequest::of(&req("/oauth2/auth/app", None)).unwrap_err().code, "forward_auth_untrusted_peer");
-        assert_eq!(OriginalRequest::of(&req("/oauth2/auth", Some(ForwardedRequest::default()))).unwrap_err().code, "forward_auth_without_uri");
+        assert_eq!(
+            OriginalRequest::of(&req("/oauth2/auth", Some(ForwardedRequest::default()))).unwrap_err().code,
+            "forward_auth_without_uri"
+        );
         assert_eq!(OriginalRequest::of(&req("/oauth2/auth", Some(with_uri("http://evil/x")))).unwrap_err().code, "forward_auth_bad_uri");
         let ok = OriginalRequest::of(&req("/oauth2/auth?allowed_groups=a", Some(with_uri("/app?x=1")))).unwrap();
         assert_eq!((ok.contract, ok.uri.as_str(), ok.method), (Contract::AuthRequest, "/app?x=1", Method::GET));
         // Envoy: the path after the prefix and the request's own method; headers not consulted.
         let envoy = OriginalRequest::of(&req("/oauth2/auth/app/x?y=1", Some(with_uri("/other")))).unwrap();
         assert_eq!((envoy.contract, envoy.uri.as_str(), envoy.method), (Contract::ExtAuthz, "/app/x?y=1", Method::POST));
-        assert_eq!(OriginalRequest::of(&req("/oauth2/authx", Some(ForwardedRequest::default()))).unwrap_err().code, "forward_auth_without_uri");
+        assert_eq!(
+            OriginalRequest::of(&req("/oauth2/authx", Some(ForwardedRequest::default()))).unwrap_err().code,
+            "forward_auth_without_uri"
+        );
     }
 
     #[test]

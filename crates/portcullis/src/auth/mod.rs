@@ -20,9 +20,9 @@ mod return_to;
 mod stats;
 
 pub use authenticator::{AuthError, Authenticator, Session};
+pub use authorization::{AuthorizeLayer, AuthorizeService};
 pub use caller::Caller;
 pub use cookies::CookieSettings;
-pub use authorization::{AuthorizeLayer, AuthorizeService};
 pub use endpoints::{forward_auth_routes, routes};
 pub use forward_auth::{Contract, FORWARD_AUTH_PATH, ForwardedRequest, OriginalRequest, query_rules};
 pub use layer::{AuthLayer, AuthService, CsrfProtection};
