@@ -33,7 +33,7 @@ impl Nginx {
         let http_block = http_block.replace(listen_placeholder, &format!("listen 127.0.0.1:{port}"));
         let d = dir.display();
         let main = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log info;\n\
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log info;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  access_log {d}/logs/access.log;\n  client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{http_block}\n}}\n"
@@ -78,11 +78,8 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown: the master takes its worker along (a SIGKILL of
-        // the master would leave the worker behind).
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
+        // One process (`master_process off`): killing it (kill_on_drop) leaves no worker behind.
+        let _ = self.child.start_kill();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
