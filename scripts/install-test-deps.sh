@@ -6,6 +6,8 @@
 #     tests/op/package-lock.json;
 #   - Debian's chromium (for the real-browser test of the demo), when
 #     /usr/bin/chromium is missing; never a downloaded browser build;
+#   - Debian's nginx and caddy (the forward-auth tests run Portcullis behind
+#     the real servers), when missing; their system services are not started;
 #   - tests/browser/node_modules (`npm ci`: playwright-core, which drives that
 #     chromium), when missing or older than tests/browser/package-lock.json.
 #
@@ -49,8 +51,20 @@ apt_install() {
     APT_UPDATED=1
   fi
   log "apt-get install $*"
+  # Debian's nginx, caddy and redis-server packages start their system service on install
+  # (nginx and caddy on 0.0.0.0:80). The tests start their own on loopback ports: deny
+  # service starts while installing, unless a policy already exists (container images
+  # usually have one).
+  local policy="" status=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod +x "$policy"
+  fi
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null || status=$?
+  [[ -z $policy ]] || "${SUDO[@]}" rm -f "$policy"
+  [[ $status -eq 0 ]] || die "apt-get install $* failed ($status)"
 }
 
 # version_ge A B: true when version A >= version B (dotted numbers).
@@ -99,6 +113,17 @@ if [[ ! -x "$CHROMIUM" ]]; then
   [[ -x "$CHROMIUM" ]] || die "apt-get install chromium did not provide $CHROMIUM"
 fi
 
+# --- nginx, caddy ------------------------------------------------------------
+# The front proxies of crates/gateway/tests/forward_auth.rs (nginx auth_request, Caddy
+# forward_auth). Only the binaries are used: the tests write their own configs and run them
+# as the test user on loopback ports.
+front=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || front+=(nginx)
+command -v caddy >/dev/null 2>&1 || front+=(caddy)
+if [[ ${#front[@]} -gt 0 ]]; then
+  apt_install "${front[@]}"
+fi
+
 # --- npm dependencies (tests/op, tests/browser) -------------------------------
 # npm ci writes node_modules/.package-lock.json; it being older than the
 # committed lock file means the lock file changed since the last install.
@@ -115,4 +140,4 @@ npm_ci_if_stale "$OP_DIR"
 # today; this keeps it that way should a future version try.
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_ci_if_stale "$BROWSER_TEST_DIR"
 
-log "ok: redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'), node $(node_version), npm $(npm --version), $("$CHROMIUM" --version 2>/dev/null | head -n1)"
+log "ok: redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'), node $(node_version), npm $(npm --version), $("$CHROMIUM" --version 2>/dev/null | head -n1), $({ command -v nginx >/dev/null && nginx -v || /usr/sbin/nginx -v; } 2>&1), caddy $(caddy version 2>/dev/null | cut -d' ' -f1)"

@@ -5,7 +5,9 @@
 //! 1. One canonical path (`canonical_path`): the path the router matches is the path the
 //!    upstream receives; what cannot be made unambiguous is refused with 400.
 //! 2. Headers the gateway owns (`client_headers`): the client's copies are removed here,
-//!    whatever their spelling, before any layer sets the gateway's own.
+//!    whatever their spelling, before any layer sets the gateway's own. From a peer in
+//!    `trusted_proxies` only, `X-Forwarded-Uri`/`-Method` and `X-Original-*` are first read
+//!    into a `ForwardedRequest` extension for forward-auth.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -49,6 +51,11 @@ pub(crate) async fn apply(State(boundary): State<Arc<Boundary>>, mut req: Reques
         }
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    // A trusted front proxy's statement about the original request, for forward-auth: read
+    // before the pass below removes the headers, kept as an extension (no upstream sees it).
+    if let Some(forwarded) = client_headers::forwarded_request(&boundary.headers, req.headers(), peer) {
+        req.extensions_mut().insert(forwarded);
+    }
     client_headers::sanitize(&boundary.headers, req.headers_mut(), peer);
     next.run(req).await
 }

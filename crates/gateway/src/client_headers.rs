@@ -20,15 +20,20 @@
 //!    request it also is (RFC 9110 §7.8 lets a server ignore `Upgrade`), so `h2c` smuggling
 //!    never reaches an upstream that would honour it.
 //!
-//! A client's `X-Forwarded-Uri`/`-Method` are removed like the rest: a forward-auth endpoint
-//! that needs them from nginx or Traefik must take them from a peer in `trusted_proxies`,
-//! read before this pass removes them (see the notes of issue 7).
+//! A client's `X-Forwarded-Uri`/`-Method` (and `X-Original-*`) are removed like the rest. The
+//! forward-auth endpoint needs them from the front proxy (nginx, Caddy, Traefik): for a peer in
+//! `trusted_proxies`, and only for one, [`forwarded_request`] reads them *before* this pass,
+//! into a request extension ([`ForwardedRequest`]), never a header, so they cannot reach an
+//! upstream whatever route the request takes.
 
 use std::{io::Write as _, net::IpAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header, header::GetAll};
 use portcullis::{
-    auth::identity_headers::{self, same_name},
+    auth::{
+        ForwardedRequest,
+        identity_headers::{self, same_name},
+    },
     config::Config,
 };
 
@@ -86,6 +91,16 @@ impl Settings {
 
     fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// What a trusted front proxy says about the original request (forward-auth), or `None` for
+/// any other peer: an untrusted client's `X-Forwarded-Uri` is never read. Call it before
+/// [`sanitize`], which removes those headers.
+pub(crate) fn forwarded_request(settings: &Settings, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<ForwardedRequest> {
+    match peer {
+        Some(ip) if settings.trusts(ip) => Some(ForwardedRequest::from_headers(headers)),
+        _ => None,
     }
 }
 
@@ -286,6 +301,27 @@ mod tests {
             sanitize(&settings(trusted, &[]), &mut h, Some(peer.parse().unwrap()));
             assert_eq!(get(&h, "x-forwarded-for"), Some(want_for), "{trusted:?} {peer} {xff:?}");
             assert_eq!(get(&h, "x-real-ip"), Some(want_real), "{trusted:?} {peer} {xff:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_request_only_from_trusted_peers() {
+        // (trusted nets, peer, expected uri)
+        let cases: [(&[&str], Option<&str>, Option<&str>); 4] = [
+            (&["10.0.0.0/8"], Some("10.1.1.1"), Some("/admin")),
+            (&["10.0.0.0/8"], Some("192.0.2.1"), None),
+            (&[], Some("10.1.1.1"), None),
+            (&["10.0.0.0/8"], None, None),
+        ];
+        for (trusted, peer, want) in cases {
+            let mut h = map(&[("x-forwarded-uri", "/admin"), ("x-forwarded-method", "POST")]);
+            let s = settings(trusted, &[]);
+            let peer = peer.map(|p| p.parse().unwrap());
+            let got = forwarded_request(&s, &h, peer);
+            assert_eq!(got.as_ref().and_then(|f| f.uri.as_deref()), want, "{trusted:?} {peer:?}");
+            // Whoever sent them, the headers themselves never pass the boundary.
+            sanitize(&s, &mut h, peer);
+            assert!(!h.contains_key("x-forwarded-uri") && !h.contains_key("x-forwarded-method"));
         }
     }
 

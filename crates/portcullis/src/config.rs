@@ -737,6 +737,12 @@ impl Config {
                 "oidc.jwks_refresh_interval and oidc.discovery_refresh_interval must be at least 10s",
             ));
         }
+        // Authorization rule values (domains without '@', addresses, non-empty lists).
+        let rule_sets = std::iter::once((&self.authorization, "authorization".to_string()))
+            .chain(self.routes.iter().enumerate().map(|(i, r)| (&r.authorization, format!("routes[{i}].authorization"))));
+        for (rules, key) in rule_sets {
+            crate::auth::authorization::validate_rules(rules, &key).map_err(|(key, problem)| invalid(&key, problem))?;
+        }
         for (i, route) in self.routes.iter().enumerate() {
             if route.connect_timeout.is_zero() || route.response_header_timeout.is_zero() {
                 return Err(invalid(&format!("routes[{i}].connect_timeout"), "upstream timeouts must be above zero"));

@@ -6,18 +6,23 @@
 //!   introspection at the OP.
 //! - [`Gateway`]: the real `portcullis` binary with a generated config.
 //! - [`Browser`]: an HTTP client with a cookie jar that clicks through the OP's login form.
+//! - [`Nginx`], [`Caddy`]: the real front proxies (Debian's packages) for forward-auth.
 
 mod browser;
+mod caddy;
 mod forwarder;
 mod gateway;
+mod nginx;
 mod op;
 mod process;
 mod redis;
 mod upstream;
 
 pub use browser::{Browser, Hop};
+pub use caddy::Caddy;
 pub use forwarder::Forwarder;
 pub use gateway::{Gateway, GatewayOptions};
+pub use nginx::Nginx;
 pub use op::{API_CLIENT_ID, API_CLIENT_SECRET, API_RESOURCE, CLIENT_ID, CLIENT_SECRET, Op, OpOptions};
 pub use process::{free_port, repo_root};
 pub use redis::Redis;

@@ -4,7 +4,7 @@ use axum::{
     Router,
     extract::{Query, State},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
+    routing::{any, get},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
@@ -24,7 +24,22 @@ struct ReturnQuery {
     rd: Option<String>,
 }
 
-/// `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out` and `/oauth2/userinfo`.
+/// Forward-auth: `/oauth2/auth` (nginx `auth_request`, Caddy `forward_auth`, Traefik
+/// `forwardAuth`) and `/oauth2/auth/<original path>` (Envoy `ext_authz`), every method (Envoy
+/// and some proxies send the original one). `global` is the config's `[authorization]`; a
+/// route's rules apply when the request carries its `Arc<RouteConfig>` (the gateway looks the
+/// route up from the original URI). Answers only requests carrying a
+/// [`ForwardedRequest`](super::ForwardedRequest): see `forward_auth.rs`.
+pub fn forward_auth_routes(auth: Authenticator, global: crate::config::AuthorizationRules) -> Router {
+    let state = super::forward_auth::ForwardAuth::new(auth, global);
+    Router::new()
+        .route(super::forward_auth::FORWARD_AUTH_PATH, any(super::forward_auth::handle))
+        .route("/oauth2/auth/{*original}", any(super::forward_auth::handle))
+        .with_state(state)
+}
+
+/// `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out` and `/oauth2/userinfo`. Forward-auth
+/// is [`forward_auth_routes`] (it needs the authorization rules).
 pub fn routes(auth: Authenticator) -> Router {
     Router::new()
         .route("/oauth2/start", get(start))

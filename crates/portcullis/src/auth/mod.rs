@@ -1,11 +1,13 @@
 //! Authentication of browser sessions: login, the refresh coordinator, the tower layer.
 
 mod authenticator;
+pub mod authorization;
 mod caller;
 mod cookie_sessions;
 mod cookies;
 mod cross_site;
 mod endpoints;
+mod forward_auth;
 pub mod identity_headers;
 mod layer;
 mod login;
@@ -18,9 +20,11 @@ mod return_to;
 mod stats;
 
 pub use authenticator::{AuthError, Authenticator, Session};
+pub use authorization::{AuthorizeLayer, AuthorizeService};
 pub use caller::Caller;
 pub use cookies::CookieSettings;
-pub use endpoints::routes;
+pub use endpoints::{forward_auth_routes, routes};
+pub use forward_auth::{Contract, FORWARD_AUTH_PATH, ForwardedRequest, OriginalRequest, query_rules};
 pub use layer::{AuthLayer, AuthService, CsrfProtection};
 pub use login::CallbackQuery;
 pub use provider::ProviderHandle;

@@ -63,6 +63,13 @@ impl Failure {
         Self { status, code, message: message.into(), login_url: None }
     }
 
+    /// 403 for a signed-in caller whom the authorization rules do not admit (`code`
+    /// `forbidden`). The page offers signing out (to sign in with another account), never a
+    /// login: logging in again as the same user would only come back here.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into(), login_url: None }
+    }
+
     /// With a login link.
     pub fn with_login_url(mut self, url: String) -> Self {
         self.login_url = Some(url);
@@ -77,7 +84,7 @@ impl Failure {
                 (self.status, axum::Json(body)).into_response()
             }
             RequestKind::Navigation => {
-                let html = page(self.status, &self.message, self.login_url.as_deref());
+                let html = page(self.status, self.code, &self.message, self.login_url.as_deref());
                 (self.status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], Body::from(html)).into_response()
             }
         };
@@ -93,10 +100,15 @@ impl Failure {
     }
 }
 
-fn page(status: StatusCode, message: &str, login_url: Option<&str>) -> String {
+fn page(status: StatusCode, code: &str, message: &str, login_url: Option<&str>) -> String {
     let title = status.canonical_reason().unwrap_or("Error");
     let action = match login_url {
         Some(url) => format!("<p><a class=\"button\" href=\"{}\">Log in</a></p>", escape(url)),
+        // Not "back to the start page" (it may refuse too) and not a login (same user, same
+        // answer): the sign-out confirmation, after which another account can sign in.
+        None if code == "forbidden" => {
+            "<p><a class=\"button\" href=\"/oauth2/sign_out\">Sign out</a><a class=\"quiet\" href=\"/\">Start page</a></p>".to_string()
+        }
         None if status == StatusCode::SERVICE_UNAVAILABLE => {
             "<p>This page will work again shortly; try reloading in a few seconds.</p>".to_string()
         }
