@@ -135,6 +135,42 @@ async fn unsafe_cross_site_requests_with_a_session_are_refused() {
     assert_eq!(s.upstream.last().unwrap().headers.get("x-forwarded-user").map(String::as_str), Some("alice"));
 }
 
+/// A WebSocket handshake is a GET, but the socket carries the session both ways: a page on a
+/// sibling subdomain (same-site: the `SameSite=Lax` cookie is sent) must not open one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_websocket_handshakes_are_refused() {
+    let s = setup().await;
+    let (browser, _) = s.logged_in("/", "alice").await;
+    for (i, (site, origin, refused)) in [
+        (Some("same-site"), None, true),
+        (Some("cross-site"), Some(EVIL), true),
+        (None, Some(EVIL), true),
+        (Some("same-origin"), None, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.upstream.clear();
+        let mut request = browser
+            .http()
+            .get(s.url(&format!("/api/socket?row={i}")))
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        let response = request.send().await.unwrap();
+        let seen = s.upstream.seen().iter().any(|r| r.path.ends_with(&format!("row={i}")));
+        assert_eq!(response.status() == 403, refused, "row {i} ({site:?}, {origin:?}): {}", response.status());
+        assert_eq!(seen, !refused, "row {i}: reached the upstream?");
+    }
+}
+
 /// The OP's refresh-token revocation count.
 async fn revocations(s: &Setup) -> u64 {
     s.op.stats().await["revocations"].as_u64().unwrap()

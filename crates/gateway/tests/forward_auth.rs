@@ -13,7 +13,9 @@ mod common;
 use std::{net::IpAddr, time::Duration};
 
 use futures_util::future::join_all;
-use portcullis_testkit::{Browser, Caddy, Gateway, GatewayOptions, Nginx, Op, OpOptions, Redis, Upstream, free_port, repo_root};
+use portcullis_testkit::{
+    API_RESOURCE, Browser, Caddy, Gateway, GatewayOptions, Nginx, Op, OpOptions, Redis, Upstream, free_port, repo_root,
+};
 
 use common::BIN;
 
@@ -42,7 +44,8 @@ struct Deployment {
 fn extra(app: &str) -> String {
     format!(
         "\n[refresh]\nlease_ttl = \"1s\"\nmax_wait = \"15s\"\npoll_interval = \"200ms\"\n\n\
-         [[routes]]\nprefix = \"/team\"\nupstream = \"{app}\"\n[routes.authorization]\nallowed_emails = [\"alice@example.test\"]\n"
+         [[routes]]\nprefix = \"/team\"\nupstream = \"{app}\"\n[routes.authorization]\nallowed_emails = [\"alice@example.test\"]\n\n\
+         [[routes]]\nprefix = \"/api\"\nupstream = \"{app}\"\nbearer = \"jwt\"\naudiences = [\"{API_RESOURCE}\"]\n"
     )
 }
 
@@ -394,6 +397,36 @@ async fn forward_auth_contract() {
     assert_eq!(h["x-auth-request-user"], "alice");
     assert_eq!(h["x-auth-request-email"], "alice@example.test");
     assert_eq!(h["cache-control"], "no-store");
+    // An API client's own bearer token through forward-auth: validated on the route the
+    // original URI names, and handed back unchanged; a forged one gets RFC 6750's challenge.
+    let api_token = d.op.api_token(Some(API_RESOURCE), "api:read").await;
+    let r = client_from("127.0.0.1")
+        .get(format!("{gateway}/oauth2/auth"))
+        .header("x-forwarded-uri", "/api/orders")
+        .header("authorization", format!("Bearer {api_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", d.gateways[0].log_text());
+    assert_eq!(r.headers()["authorization"].to_str().unwrap(), format!("Bearer {api_token}"), "forwarded unchanged");
+    let mut forged = api_token.clone();
+    forged.push('x');
+    for (uri, token, want) in [("/api/orders", forged.as_str(), 401), ("/app/x", api_token.as_str(), 401)] {
+        let r = client_from("127.0.0.1")
+            .get(format!("{gateway}/oauth2/auth"))
+            .header("x-forwarded-uri", uri)
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{uri}");
+        assert!(!carries_token(r.headers()), "{uri}: nothing handed over");
+        if uri == "/api/orders" {
+            let challenge = r.headers()["www-authenticate"].to_str().unwrap();
+            assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        }
+    }
     // And never a forwarding header reaching the application from a trusted proxy's request.
     d.app.clear();
     let r = client_from("127.0.0.1")

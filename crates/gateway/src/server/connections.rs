@@ -263,10 +263,7 @@ struct ClockState {
 impl Clock {
     fn new(settings: ClockSettings) -> Self {
         let now = Instant::now();
-        Self {
-            settings,
-            state: Mutex::new(ClockState { in_flight: 0, h2: false, head_since: Some(now), idle_since: now }),
-        }
+        Self { settings, state: Mutex::new(ClockState { in_flight: 0, h2: false, head_since: Some(now), idle_since: now }) }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {

@@ -67,6 +67,14 @@ pub(crate) fn is_unsafe(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// Whether a request must come from the gateway's own site to use the session: an unsafe
+/// method, or a protocol upgrade. A WebSocket handshake is a GET, but the socket it opens
+/// carries the user's session both ways: a page on a sibling subdomain (same-site, so the
+/// `SameSite=Lax` cookie is sent) must not get one (cross-site WebSocket hijacking).
+pub(crate) fn needs_same_origin(method: &Method, headers: &HeaderMap) -> bool {
+    is_unsafe(method) || headers.contains_key(http::header::UPGRADE)
+}
+
 /// The origin string [`judge`] compares with.
 pub(crate) fn origin_of(public_url: &url::Url) -> String {
     public_url.origin().ascii_serialization()
@@ -119,6 +127,15 @@ mod tests {
             }
             assert_eq!(judge(&map, OWN), *expected, "{headers:?}");
         }
+    }
+
+    #[test]
+    fn upgrades_need_the_same_origin_whatever_the_method() {
+        let mut upgrade = HeaderMap::new();
+        upgrade.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(needs_same_origin(&Method::GET, &upgrade));
+        assert!(!needs_same_origin(&Method::GET, &HeaderMap::new()));
+        assert!(needs_same_origin(&Method::POST, &HeaderMap::new()));
     }
 
     #[test]

@@ -217,16 +217,6 @@ impl ForwardAuth {
     }
 }
 
-/// HOOK (bearer tokens; helper J's `Authenticator`-level validation plugs in here): the
-/// caller an API client's own `Authorization: Bearer` makes on `route`, when the route accepts
-/// bearer tokens and the token validates. Consulted only when the request has no session
-/// (the cookie wins, as on proxied routes). Stubbed: returns `None`, so today forward-auth
-/// authenticates sessions only.
-async fn bearer_caller(headers: &HeaderMap, route: Option<&RouteConfig>) -> Option<Caller> {
-    let _ = (headers, route);
-    None
-}
-
 /// The handler of `/oauth2/auth` and `/oauth2/auth/*`.
 pub(crate) async fn handle(State(state): State<ForwardAuth>, req: Request<Body>) -> Response {
     let kind = RequestKind::of(req.headers());
@@ -251,7 +241,18 @@ pub(crate) async fn handle(State(state): State<ForwardAuth>, req: Request<Body>)
     let auth = &state.auth;
     let (caller, set_cookies, from_cookie) = match auth.authenticate(headers).await {
         Ok(Some(session)) => (Some(Caller::Session(session.record.clone())), session.set_cookies, true),
-        Ok(None) => (bearer_caller(headers, route).await, Vec::new(), false),
+        // No session: an API client's own bearer token, on a route that accepts one (the cookie
+        // wins when both are present, as on proxied routes).
+        Ok(None) => match route {
+            Some(route) => match auth.authenticate_bearer(headers, route).await {
+                Ok(identity) => (identity.map(Caller::Bearer), Vec::new(), false),
+                Err(e) => {
+                    tracing::info!(error = %e, uri = %path_of(&original.uri), "forward-auth: bearer token refused");
+                    return e.respond(&route.required_scopes);
+                }
+            },
+            None => (None, Vec::new(), false),
+        },
         Err(e) => {
             tracing::warn!(error = %e, uri = %path_of(&original.uri), "forward-auth: request refused; session kept");
             return e.failure().respond(kind);

@@ -155,7 +155,7 @@ where
             let cookie_name = auth.cookies().session_name.clone();
             let kind = RequestKind::of(req.headers());
             // Judged before the headers are edited below; acted on only when there is a session.
-            let cross_site = match csrf == CsrfProtection::On && cross_site::is_unsafe(req.method()) {
+            let cross_site = match csrf == CsrfProtection::On && cross_site::needs_same_origin(req.method(), req.headers()) {
                 true => match cross_site::judge(req.headers(), &own_origin) {
                     Site::Other(reason) => Some((reason, req.method().clone(), req.uri().path().to_string())),
                     Site::SameOrigin | Site::Unknown => None,
