@@ -624,6 +624,8 @@ callgrind_run() {
   # `totals:`, not `summary:`: after `callgrind_control -z` valgrind 3.19 writes an underflowed
   # summary (2^64 minus a little); the totals line is the sum of the events since the zeroing.
   ir=$(cat "$WORK"/callgrind.out."$CG_PID"* 2>/dev/null | awk '/^totals:/ { t += $2 } END { print t + 0 }')
+  # Kept for `callgrind_annotate --inclusive=yes` (where the instructions go, per function).
+  cat "$WORK"/callgrind.out."$CG_PID".* >"$RUN_DIR/callgrind-$name.out" 2>/dev/null || true
   rm -f "$WORK"/callgrind.out."$CG_PID"*
   [[ -n $n && $n -gt 0 && -n $ir ]] || die "callgrind $name: no count (requests: ${n:-?})"
   IR[$name]=$(awk -v i="$ir" -v n="$n" 'BEGIN { printf "%.0f", i / n }')

@@ -32,7 +32,7 @@ use portcullis::{
 use tower::{Layer, service_fn};
 
 use crate::{
-    boundary::{self, Boundary},
+    boundary::{Boundary, Gateway},
     canonical_path,
     health::{self, Readiness},
     proxy::Proxy,
@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// The whole router.
-pub(crate) fn router(config: &Config, auth: Authenticator, readiness: Readiness) -> Router {
+pub(crate) fn router(config: &Config, auth: Authenticator, readiness: Readiness) -> Gateway {
     let table = Arc::new(RouteTable::new(&config.routes));
     let proxy = Arc::new(Proxy::new(config.public_url.scheme()));
     let forward = service_fn(move |req: Request<Body>| {
@@ -69,10 +69,9 @@ pub(crate) fn router(config: &Config, auth: Authenticator, readiness: Readiness)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz).with_state(readiness))
         .merge(gateway);
-    // A layer on the outer router runs before the inner router matches, so every route below
-    // sees the canonical path.
-    let boundary = Arc::new(Boundary::new(config));
-    Router::new().fallback_service(routed).layer(middleware::from_fn_with_state(boundary, boundary::apply))
+    // The boundary runs before the router matches, so every route below sees the canonical
+    // path and none of the client's copies of gateway-owned headers.
+    Gateway { boundary: Arc::new(Boundary::new(config)), router: routed }
 }
 
 /// Picks the route and hands its policy to the auth layer.
@@ -82,9 +81,8 @@ async fn select_route(State(table): State<Arc<RouteTable>>, mut req: Request, ne
         failure.status = StatusCode::NOT_FOUND;
         return failure.respond(RequestKind::of(req.headers())).into_response();
     };
-    req.extensions_mut().insert(route.unauthenticated);
-    req.extensions_mut().insert(portcullis::auth::CsrfProtection::from(route.config.csrf_protection));
-    // The route's settings for the library's layers (bearer mode, audiences, scopes, rules).
+    // The route's settings for the library's layers (policy, CSRF switch, bearer mode,
+    // audiences, scopes, rules): one extension, read by each layer.
     req.extensions_mut().insert(route.config.clone());
     req.extensions_mut().insert(route);
     next.run(req).await

@@ -106,7 +106,29 @@ pub(crate) fn forwarded_request(settings: &Settings, headers: &HeaderMap, peer: 
 
 /// Removes the client's copies of gateway-owned and hop-by-hop headers and sets the gateway's
 /// forwarding headers. The scan allocates nothing when the client sent no such header.
+#[cfg(test)]
 pub(crate) fn sanitize(settings: &Settings, headers: &mut HeaderMap, peer: Option<IpAddr>) {
+    sanitize_from(settings, headers, peer.map(Peer::new).as_ref());
+}
+
+/// The peer of a connection, with its address already formatted as a header value: made once
+/// per connection (`server/connections.rs`), not once per request.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) ip: IpAddr,
+    value: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(ip: IpAddr) -> Self {
+        Self { ip, value: ip_value(ip) }
+    }
+}
+
+/// [`sanitize`] for a request from `peer`.
+pub(crate) fn sanitize_from(settings: &Settings, headers: &mut HeaderMap, peer: Option<&Peer>) {
+    let peer_value = peer.map(|p| p.value.clone());
+    let peer = peer.map(|p| p.ip);
     // A trusted proxy's list is read before the family is removed below.
     let extended_for = match peer {
         Some(ip) if settings.trusts(ip) => Some(extended_forwarded_for(settings, headers, ip)),
@@ -116,9 +138,15 @@ pub(crate) fn sanitize(settings: &Settings, headers: &mut HeaderMap, peer: Optio
 
     let mut doomed: Vec<HeaderName> = Vec::new();
     let connection = headers.get_all(header::CONNECTION);
+    // Most requests carry no `Connection` header (HTTP/1.1 keep-alive is the default, HTTP/2 has
+    // none): skip re-reading its tokens for every name then.
+    let any_nominated = connection.iter().next().is_some();
     for name in headers.keys() {
         let n = name.as_str();
-        if identity_headers::classify(n).is_some() || HOP_BY_HOP.iter().any(|h| same_name(n, h)) || nominated(&connection, n) {
+        if identity_headers::classify(n).is_some()
+            || HOP_BY_HOP.iter().any(|h| same_name(n, h))
+            || (any_nominated && nominated(&connection, n))
+        {
             doomed.push(name.clone());
         }
     }
@@ -132,7 +160,7 @@ pub(crate) fn sanitize(settings: &Settings, headers: &mut HeaderMap, peer: Optio
             headers.insert(X_REAL_IP, real_ip);
         }
         (None, Some(ip)) => {
-            let value = ip_value(ip);
+            let value = peer_value.unwrap_or_else(|| ip_value(ip));
             headers.insert(X_FORWARDED_FOR, value.clone());
             headers.insert(X_REAL_IP, value);
         }

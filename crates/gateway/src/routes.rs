@@ -10,7 +10,6 @@ use url::Url;
 pub(crate) struct Route {
     pub(crate) prefix: String,
     pub(crate) upstream: Url,
-    pub(crate) unauthenticated: Unauthenticated,
     /// Every setting of the route as configured (timeouts, limits, CSRF protection, bearer,
     /// authorization rules). An `Arc`: the library's layers read it from the request's
     /// extensions, and a per-request clone must be a pointer copy.
@@ -36,7 +35,7 @@ impl Route {
     }
 
     pub(crate) fn from_config(config: RouteConfig) -> Self {
-        let (prefix, upstream, unauthenticated) = (config.prefix.clone(), config.upstream.clone(), config.unauthenticated);
+        let (prefix, upstream) = (config.prefix.clone(), config.upstream.clone());
         let authority = match upstream.port() {
             Some(port) => format!("{}:{port}", upstream.host_str().unwrap_or_default()),
             None => upstream.host_str().unwrap_or_default().to_string(),
@@ -46,7 +45,7 @@ impl Route {
             authority: authority.parse().expect("a URL's host and port form an authority"),
             base_path: upstream.path().trim_end_matches('/').to_string(),
         };
-        Self { prefix, upstream, unauthenticated, config: Arc::new(config), target }
+        Self { prefix, upstream, config: Arc::new(config), target }
     }
 }
 

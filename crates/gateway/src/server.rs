@@ -7,7 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use axum::Router;
+
 use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
@@ -48,7 +48,7 @@ pub(crate) async fn serve(
 }
 
 /// The store, the OP handle (discovered in the background) and the router.
-fn build(config: &Config) -> anyhow::Result<(Router, tokio::task::JoinHandle<()>)> {
+fn build(config: &Config) -> anyhow::Result<(crate::boundary::Gateway, tokio::task::JoinHandle<()>)> {
     let lifetimes = Lifetimes { idle: config.session.idle_timeout, absolute: config.session.absolute_timeout };
     let (store, redis): (Arc<dyn SessionStore>, _) = match config.session.store {
         // The cookie store keeps sessions in the browser; pending logins stay in memory.

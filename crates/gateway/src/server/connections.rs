@@ -34,7 +34,6 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo};
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -44,6 +43,8 @@ use hyper_util::{
     server::conn::auto::Builder,
 };
 use portcullis::config::ServerConfig;
+
+use crate::boundary::Gateway;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -51,7 +52,6 @@ use tokio::{
     task::JoinSet,
     time::Instant,
 };
-use tower::ServiceExt;
 
 /// After the gateway asked a connection to close (idle, or HTTP/2 past its head clock), it
 /// gets this long to say GOAWAY and finish before the socket is dropped.
@@ -61,7 +61,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// connections in flight to finish.
 pub(super) async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: Gateway,
     limits: &ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -145,20 +145,22 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    router: Router,
+    router: Gateway,
     settings: ClockSettings,
     mut stop: watch::Receiver<bool>,
 ) {
     let clock = Arc::new(Clock::new(settings));
     let io = TokioIo::new(Metered { inner: stream, clock: clock.clone(), _permit: permit });
     let service_clock = clock.clone();
+    let peer_info = crate::client_headers::Peer::new(peer.ip());
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = service_clock.request_started(req.version() == Version::HTTP_2);
-        // What `into_make_service_with_connect_info` did: the boundary and the proxy read it.
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let response = router.clone().oneshot(req);
+        // The peer, for the boundary (`X-Forwarded-For`, `trusted_proxies`), formatted once per
+        // connection.
+        req.extensions_mut().insert(peer_info.clone());
+        let response = router.clone().serve(req);
         async move {
-            let response = response.await?;
+            let response = response.await;
             Ok::<_, Infallible>(response.map(|body| Tracked { body, in_flight: Some(in_flight) }))
         }
     });

@@ -329,7 +329,12 @@ where
         let route = req.extensions().get::<Arc<RouteConfig>>().cloned();
         // The route's policy as the auth layer saw it (the gateway inserts it per route);
         // without one, the auth layer refused or logged in every caller-less request already.
-        let policy = req.extensions().get::<Unauthenticated>().copied().unwrap_or(Unauthenticated::Login);
+        let policy = req
+            .extensions()
+            .get::<Unauthenticated>()
+            .copied()
+            .or(route.as_ref().map(|r| r.unauthenticated))
+            .unwrap_or(Unauthenticated::Login);
         let caller = req.extensions().get::<Caller>().cloned();
         let verdict = decide(caller.as_ref(), &self.global, route.as_deref(), None, policy);
         Box::pin(async move {

@@ -20,7 +20,9 @@
 //! Two copies of either header are another site: a browser sends one, and a proxy that
 //! appended a second must not let the friendlier one win.
 
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, HeaderName, Method, header};
+
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// What the request's headers say about its initiator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub(crate) enum Site {
 /// Judges `headers` against `own_origin`, the ASCII serialization of `public_url`'s origin
 /// (`https://app.example.com`, no trailing slash, default port omitted, as browsers send it).
 pub(crate) fn judge(headers: &HeaderMap, own_origin: &str) -> Site {
-    let mut fetch_site = headers.get_all("sec-fetch-site").iter();
+    let mut fetch_site = headers.get_all(SEC_FETCH_SITE).iter();
     match (fetch_site.next(), fetch_site.next()) {
         (Some(_), Some(_)) => return Site::Other("several Sec-Fetch-Site headers"),
         (Some(value), None) => {

@@ -32,25 +32,43 @@ pub enum OwnedHeader {
     Forwarding,
 }
 
-/// Exact identity names (normalized: lower case, `-`).
-const IDENTITY_NAMES: [&str; 5] =
-    ["x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username", "x-forwarded-access-token"];
-const IDENTITY_PREFIXES: [&str; 1] = ["x-auth-request-"];
-const FORWARDING_NAMES: [&str; 5] = ["forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "x-rewrite-url"];
-const FORWARDING_PREFIXES: [&str; 2] = ["x-forwarded-", "x-original-"];
+/// What follows `x-forwarded-` in the identity names (normalized: lower case, `-`); every
+/// other `x-forwarded-*` name is forwarding.
+const IDENTITY_SUFFIXES: [&str; 5] = ["user", "email", "groups", "preferred-username", "access-token"];
+/// Client-address and scheme headers that frameworks read, outside the `x-forwarded-` and
+/// `x-original-` families: Rails' `RemoteIp` reads `Client-IP`, PHP idioms `X-Cluster-Client-IP`,
+/// CDNs send `CF-Connecting-IP` and `Fastly-Client-IP`, IIS `Front-End-Https`, Rack
+/// `X-Url-Scheme`.
+const FORWARDING_NAMES: [&str; 11] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-rewrite-url",
+    "client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "front-end-https",
+    "x-url-scheme",
+];
 
 /// Classifies a header name (as `http` stores it: lower case) by its normalized spelling.
 /// Allocation-free: a byte comparison in which `_` equals `-`. Every request pays it for each
-/// of its headers, so the common names are turned away by their first byte.
+/// of its headers (the gateway sets five `x-` headers itself before the auth layer looks), so
+/// the families are recognized by their prefix once, not name by name.
 pub fn classify(name: &str) -> Option<OwnedHeader> {
-    let first = *name.as_bytes().first()?;
-    if !matches!(first, b'x' | b'X' | b'f' | b'F' | b't' | b'T') {
+    if !matches!(name.as_bytes().first()? | 0x20, b'x' | b'f' | b't' | b'c') {
         return None;
     }
-    if IDENTITY_NAMES.iter().any(|n| same_name(name, n)) || IDENTITY_PREFIXES.iter().any(|p| has_prefix(name, p)) {
+    if has_prefix(name, "x-forwarded-") {
+        let rest = &name["x-forwarded-".len()..];
+        return Some(if IDENTITY_SUFFIXES.iter().any(|s| same_name(rest, s)) { OwnedHeader::Identity } else { OwnedHeader::Forwarding });
+    }
+    if has_prefix(name, "x-auth-request-") {
         return Some(OwnedHeader::Identity);
     }
-    if FORWARDING_NAMES.iter().any(|n| same_name(name, n)) || FORWARDING_PREFIXES.iter().any(|p| has_prefix(name, p)) {
+    if has_prefix(name, "x-original-") || FORWARDING_NAMES.iter().any(|n| same_name(name, n)) {
         return Some(OwnedHeader::Forwarding);
     }
     None
@@ -127,24 +145,30 @@ fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 /// A request without any of them is left untouched (no allocation).
 pub fn strip_cookie(headers: &mut HeaderMap, cookie_name: &str) {
     let base = unprefixed(cookie_name).as_bytes();
+    let ours = |pair: &[u8]| {
+        let name = memchr::memchr(b'=', pair).map_or(pair, |at| &pair[..at]);
+        in_namespace(name.trim_ascii(), base)
+    };
     // Bytes throughout: a header with another cookie's non-ASCII byte in it must still lose ours.
-    if !crate::cookie_header::pairs(headers).any(|(name, _)| in_namespace(name, base)) {
+    // One scan per header value; only a value holding one of ours is rebuilt.
+    if !headers.get_all(header::COOKIE).iter().any(|v| crate::cookie_header::parts(v.as_bytes()).any(ours)) {
         return;
     }
     let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     headers.remove(header::COOKIE);
     for value in values {
-        let kept: Vec<&[u8]> = value
-            .as_bytes()
-            .split(|&b| b == b';')
-            .map(<[u8]>::trim_ascii)
-            .filter(|pair| {
-                let name = pair.iter().position(|&b| b == b'=').map_or(*pair, |at| pair[..at].trim_ascii());
-                !pair.is_empty() && !in_namespace(name, base)
-            })
-            .collect();
+        let mut kept: Vec<u8> = Vec::with_capacity(value.len());
+        for pair in crate::cookie_header::parts(value.as_bytes()).map(<[u8]>::trim_ascii) {
+            if pair.is_empty() || ours(pair) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
         if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..]))
+            && let Ok(v) = HeaderValue::from_bytes(&kept)
         {
             headers.append(header::COOKIE, v);
         }

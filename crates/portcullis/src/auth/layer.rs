@@ -146,10 +146,18 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
-        let policy = req.extensions().get::<Unauthenticated>().copied().unwrap_or(self.default_policy);
-        let csrf = req.extensions().get::<CsrfProtection>().copied().unwrap_or(self.default_csrf);
-        let own_origin = self.own_origin.clone();
+        // Explicit extensions first (library users), then the route's settings (the gateway
+        // inserts its `Arc<RouteConfig>` only: each extra extension is a boxed insert per request).
         let route = req.extensions().get::<Arc<RouteConfig>>().cloned();
+        let policy =
+            req.extensions().get::<Unauthenticated>().copied().or(route.as_ref().map(|r| r.unauthenticated)).unwrap_or(self.default_policy);
+        let csrf = req
+            .extensions()
+            .get::<CsrfProtection>()
+            .copied()
+            .or(route.as_ref().map(|r| CsrfProtection::from(r.csrf_protection)))
+            .unwrap_or(self.default_csrf);
+        let own_origin = self.own_origin.clone();
         let default_bearer = self.default_bearer.clone();
         Box::pin(async move {
             let cookie_name = auth.cookies().session_name.clone();

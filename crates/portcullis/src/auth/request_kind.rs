@@ -1,6 +1,10 @@
 //! Navigation or API call: decides between a redirect to login and a 401 with a JSON body.
 
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderName, header};
+
+// Static names: a lookup by `&str` parses the name on every call, and this runs on every request.
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+const X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
 
 /// What kind of client sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,10 +19,10 @@ impl RequestKind {
     /// `Sec-Fetch-Mode` when the browser sends it (all current ones do), else `Accept: text/html`
     /// as older browsers send for page loads but not for XHR.
     pub fn of(headers: &HeaderMap) -> Self {
-        if let Some(mode) = headers.get("sec-fetch-mode") {
+        if let Some(mode) = headers.get(SEC_FETCH_MODE) {
             return if mode.as_bytes() == b"navigate" { Self::Navigation } else { Self::Api };
         }
-        if headers.get("x-requested-with").is_some() {
+        if headers.get(X_REQUESTED_WITH).is_some() {
             return Self::Api;
         }
         let accepts_html = headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")));

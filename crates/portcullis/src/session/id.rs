@@ -19,7 +19,10 @@ pub struct SessionId([u8; 32]);
 #[derive(Clone)]
 pub struct SessionKey {
     text: String,
-    sealing: Option<SealingKey>,
+    /// The id itself, kept only to derive the sealing key when a store asks for it: the hash
+    /// costs ~2,000 instructions, and the memory store (the default) never needs it, so it is not
+    /// paid on every request.
+    id: Option<[u8; 32]>,
 }
 
 /// Key material for sealing one session's record: SHA-256 of a label of its own followed by the
@@ -41,7 +44,7 @@ impl SessionId {
 
     /// The store key of this session, carrying the key that seals its record.
     pub fn key(&self) -> SessionKey {
-        SessionKey { text: self.store_key_text(), sealing: Some(SealingKey(crypto::labelled_sha256(SEALING_LABEL, &self.0))) }
+        SessionKey { text: self.store_key_text(), id: Some(self.0) }
     }
 
     /// The store key's text alone (what `key` computed before records were sealed).
@@ -60,7 +63,7 @@ impl SessionKey {
     /// A key as a store spelled it (e.g. in a change notification's channel name): good for
     /// matching watchers, not for reading or writing the record (it has no sealing key).
     pub(crate) fn from_stored(text: &str) -> Self {
-        Self { text: text.to_string(), sealing: None }
+        Self { text: text.to_string(), id: None }
     }
 
     /// The key as text (URL-safe base64, 24 characters).
@@ -72,12 +75,12 @@ impl SessionKey {
     /// the key's.
     #[cfg(test)]
     pub(crate) fn with_sealing_of(name: &SessionKey, sealing: &SessionKey) -> Self {
-        Self { text: name.text.clone(), sealing: sealing.sealing.clone() }
+        Self { text: name.text.clone(), id: sealing.id }
     }
 
-    /// The record's sealing key; `None` for a key parsed back from the store.
-    pub(crate) fn sealing_key(&self) -> Option<&SealingKey> {
-        self.sealing.as_ref()
+    /// The record's sealing key, derived now; `None` for a key parsed back from the store.
+    pub(crate) fn sealing_key(&self) -> Option<SealingKey> {
+        self.id.map(|id| SealingKey(crypto::labelled_sha256(SEALING_LABEL, &id)))
     }
 }
 
@@ -122,7 +125,7 @@ impl serde::Serialize for SessionKey {
 impl<'de> serde::Deserialize<'de> for SessionKey {
     /// Like [`SessionKey::from_stored`]: text in, no sealing key.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Self { text: String::deserialize(deserializer)?, sealing: None })
+        Ok(Self { text: String::deserialize(deserializer)?, id: None })
     }
 }
 
@@ -214,7 +217,8 @@ mod tests {
         assert_eq!(hasher.hash_one(&key), hasher.hash_one(&parsed));
         assert!(key.sealing_key().is_some() && parsed.sealing_key().is_none());
 
-        let material = key.sealing_key().unwrap().material();
+        let sealing = key.sealing_key().unwrap();
+        let material = sealing.material();
         assert_ne!(&material[..18], &crypto::sha256(&id.0)[..18], "the sealing key is not the store-key hash");
         let secrets = [crypto::b64(material), crypto::b64(&id.0), format!("{material:?}")];
         let json = serde_json::to_string(&key).unwrap();
