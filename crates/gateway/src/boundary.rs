@@ -38,10 +38,10 @@ impl Boundary {
     }
 }
 
-/// Canonical path, then owned headers removed: the request as the router may see it, or the
-/// refusal to send instead. A plain function called by [`Gateway`], not an axum middleware: an
+/// Canonical path, then owned headers removed: the request as the router may see it (`None`), or
+/// the refusal to send instead. A plain function called by [`Gateway`], not an axum middleware: an
 /// outer router with a `from_fn` layer cost ~1,500 instructions per request (BENCHMARKS.md).
-pub(crate) fn apply<B>(boundary: &Boundary, req: &mut Request<B>) -> Result<(), Response> {
+pub(crate) fn apply<B>(boundary: &Boundary, req: &mut Request<B>) -> Option<Response> {
     match canonical_path::canonicalize_uri(&boundary.paths, req.uri()) {
         Ok(Some(uri)) => *req.uri_mut() = uri,
         Ok(None) => {}
@@ -51,7 +51,7 @@ pub(crate) fn apply<B>(boundary: &Boundary, req: &mut Request<B>) -> Result<(), 
             let path = req.uri().path();
             let shown = path.char_indices().nth(200).map_or(path, |(end, _)| &path[..end]);
             tracing::info!(reason = %refusal, path = ?shown, "request path refused");
-            return Err(Failure::bad_request("bad_path", refusal.to_string()).respond(RequestKind::of(req.headers())).into_response());
+            return Some(Failure::bad_request("bad_path", refusal.to_string()).respond(RequestKind::of(req.headers())).into_response());
         }
     }
     let peer_info = req.extensions().get::<client_headers::Peer>().cloned();
@@ -62,7 +62,7 @@ pub(crate) fn apply<B>(boundary: &Boundary, req: &mut Request<B>) -> Result<(), 
         req.extensions_mut().insert(forwarded);
     }
     client_headers::sanitize_from(&boundary.headers, req.headers_mut(), peer_info.as_ref());
-    Ok(())
+    None
 }
 
 /// The whole gateway as one service: the boundary, then the router.
@@ -79,7 +79,7 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if let Err(refusal) = apply(&self.boundary, &mut req) {
+        if let Some(refusal) = apply(&self.boundary, &mut req) {
             return refusal;
         }
         match self.router.oneshot(req.map(Body::new)).await {
