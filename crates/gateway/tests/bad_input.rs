@@ -146,7 +146,12 @@ async fn unreachable_op_at_start_then_recovers() {
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.text().await.unwrap().contains("identity provider"));
-    assert!(gateway.log_text().contains("not reachable yet"));
+    // Discovery logs from its own task: wait for the line rather than racing its write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gateway.log_text().contains("not reachable yet") {
+        assert!(std::time::Instant::now() < deadline, "no log line says the OP is not reachable:\n{}", gateway.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let op = Op::start(OpOptions { port: Some(op_port), ..OpOptions::default() }, &[gateway.url()]).await;
     gateway.wait_ready().await;
