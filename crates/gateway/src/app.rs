@@ -42,7 +42,7 @@ use crate::{
 /// The whole router.
 pub(crate) fn router(config: &Config, auth: Authenticator, readiness: Readiness) -> Gateway {
     let table = Arc::new(RouteTable::new(&config.routes));
-    let proxy = Arc::new(Proxy::new(config.public_url.scheme()));
+    let proxy = Arc::new(Proxy::new(config.server.client_body_timeout));
     let forward = service_fn(move |req: Request<Body>| {
         let proxy = proxy.clone();
         async move {

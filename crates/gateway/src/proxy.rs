@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -46,6 +46,8 @@ type Clients = Vec<(Duration, Arc<HttpsClient>)>;
 pub(crate) struct Proxy {
     /// One pooled client per connect timeout, created on first use (a handful at most).
     clients: Arc<RwLock<Clients>>,
+    /// Longest a request body may go without a byte (`server.client_body_timeout`).
+    body_idle: Duration,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not be
@@ -65,10 +67,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 impl Proxy {
-    /// `_public_scheme` is no longer used here: `X-Forwarded-*` come from the boundary, which
-    /// knows `public_url` and the peer (kept so callers need not change).
-    pub(crate) fn new(_public_scheme: &str) -> Self {
-        Self { clients: Arc::default() }
+    /// `body_idle`: how long a request body may stall (`X-Forwarded-*` come from the boundary).
+    pub(crate) fn new(body_idle: Duration) -> Self {
+        Self { clients: Arc::default(), body_idle }
     }
 
     fn client(&self, connect_timeout: Duration) -> Arc<HttpsClient> {
@@ -122,10 +123,17 @@ impl Proxy {
             (None, None)
         } else {
             let (sent_tx, sent_rx) = oneshot::channel();
-            let exceeded = Arc::new(AtomicBool::new(false));
+            let exceeded = Arc::new(AtomicU8::new(FLOWING));
             let body = std::mem::take(req.body_mut());
-            let watched =
-                Watched { inner: body, limit: settings.max_request_body_bytes, seen: 0, exceeded: exceeded.clone(), sent: Some(sent_tx) };
+            let watched = Watched {
+                inner: body,
+                limit: settings.max_request_body_bytes,
+                seen: 0,
+                exceeded: exceeded.clone(),
+                sent: Some(sent_tx),
+                idle: Box::pin(tokio::time::sleep(self.body_idle)),
+                idle_timeout: self.body_idle,
+            };
             *req.body_mut() = Body::new(watched);
             (Some(sent_rx), Some(exceeded))
         };
@@ -148,10 +156,16 @@ impl Proxy {
         };
         let mut response = match outcome {
             Ok(response) => response,
-            Err(_) if too_big.as_ref().is_some_and(|e| e.load(Ordering::Relaxed)) => {
+            Err(_) if too_big.as_ref().is_some_and(|e| e.load(Ordering::Relaxed) == EXCEEDED) => {
                 let limit = settings.max_request_body_bytes.unwrap_or_default();
                 tracing::info!(route = %route.prefix, limit, "request body above the route's limit (streamed)");
                 return too_large(limit).respond(kind);
+            }
+            Err(_) if too_big.as_ref().is_some_and(|e| e.load(Ordering::Relaxed) == STALLED) => {
+                tracing::info!(route = %route.prefix, timeout = ?self.body_idle, "request body stalled; request aborted");
+                let mut failure = Failure::bad_request("request_body_timeout", "The request body stopped arriving.");
+                failure.status = StatusCode::REQUEST_TIMEOUT;
+                return failure.respond(kind);
             }
             Err(e) if is_connect_timeout(&e) => {
                 tracing::warn!(upstream = %route.upstream, route = %route.prefix, timeout = ?settings.connect_timeout, "upstream connect timed out");
@@ -257,13 +271,29 @@ where
 /// failed once it passes the route's limit (a chunked body announces no length), and telling
 /// when it has been sent completely (the response-head clock starts then, as Go's
 /// `ResponseHeaderTimeout` does: a slow upload is not a slow upstream).
+///
+/// It also holds the client to progress: a body that goes `server.client_body_timeout` without a
+/// byte fails (408), so a client trickling a body (or announcing one and sending nothing) cannot
+/// hold a connection, an upstream request and a connection permit forever.
 struct Watched {
     inner: Body,
     limit: Option<u64>,
     seen: u64,
-    exceeded: Arc<AtomicBool>,
+    /// How the body ended, for the answer: `FLOWING`, `EXCEEDED` or `STALLED`.
+    exceeded: Arc<AtomicU8>,
     sent: Option<oneshot::Sender<()>>,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
 }
+
+const FLOWING: u8 = 0;
+const EXCEEDED: u8 = 1;
+const STALLED: u8 = 2;
+
+/// The client stopped sending its request body.
+#[derive(Debug, thiserror::Error)]
+#[error("request body stalled")]
+struct BodyStalled;
 
 /// The stream passed the route's body limit.
 #[derive(Debug, thiserror::Error)]
@@ -276,13 +306,28 @@ impl http_body::Body for Watched {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(deadline) = tokio::time::Instant::now().checked_add(this.idle_timeout) {
+                    this.idle.as_mut().reset(deadline);
+                }
+                frame
+            }
+            Poll::Pending => {
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    this.exceeded.store(STALLED, Ordering::Relaxed);
+                    this.sent = None;
+                    return Poll::Ready(Some(Err(axum::Error::new(BodyStalled))));
+                }
+                return Poll::Pending;
+            }
+        };
         match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.limit.is_some_and(|limit| this.seen > limit) {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.exceeded.store(EXCEEDED, Ordering::Relaxed);
                         this.sent = None;
                         return Poll::Ready(Some(Err(axum::Error::new(BodyTooLarge))));
                     }

@@ -37,9 +37,31 @@ async fn setup() -> (Setup, Upstream, Upstream) {
             route("/first-chunk", &upstream, "max_request_body_bytes = 1000000"),
         ]
         .concat();
+        o.env.push(("PORTCULLIS_SERVER__CLIENT_BODY_TIMEOUT".into(), "1s".into()));
     })
     .await;
     (s, unaccepting, silent)
+}
+
+/// A client that announces a body and stops sending it (slowloris for bodies) is answered 408
+/// and its connection freed once `server.client_body_timeout` (1 s here) passes without a byte;
+/// the upstream never gets a complete request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408() {
+    let (s, _dead, _silent) = setup().await;
+    let addr = s.gateway.url().trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    tcp.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nAccept: application/json\r\n\r\n0123456789").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    assert!(read.is_ok(), "the connection was never answered nor closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(15), "answered after {took:?}");
+    assert!(s.gateway.log_text().contains("request body stalled"), "{}", s.gateway.log_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

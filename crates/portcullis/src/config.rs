@@ -126,6 +126,10 @@ pub struct ServerConfig {
     /// An idle keep-alive connection is closed after this long.
     #[serde(default = "default_keep_alive_timeout", with = "humantime_serde")]
     pub keep_alive_timeout: Duration,
+    /// A request body must make progress (some bytes arrive) at least this often, or the request
+    /// is answered 408 and the upstream request aborted (nginx's `client_body_timeout`).
+    #[serde(default = "default_client_body_timeout", with = "humantime_serde")]
+    pub client_body_timeout: Duration,
     /// Largest request head (request line and headers) accepted, in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -148,6 +152,7 @@ impl Default for ServerConfig {
         Self {
             header_read_timeout: default_header_read_timeout(),
             keep_alive_timeout: default_keep_alive_timeout(),
+            client_body_timeout: default_client_body_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
             h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
@@ -585,6 +590,9 @@ fn default_discovery_refresh_interval() -> Duration {
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_client_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_keep_alive_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -713,7 +721,7 @@ impl Config {
             return Err(invalid("refresh.leeway_fraction", "must be in [0, 1)"));
         }
         let server = &self.server;
-        if server.header_read_timeout.is_zero() || server.keep_alive_timeout.is_zero() {
+        if server.header_read_timeout.is_zero() || server.keep_alive_timeout.is_zero() || server.client_body_timeout.is_zero() {
             return Err(invalid(
                 "server.header_read_timeout",
                 "server.header_read_timeout and server.keep_alive_timeout must be above zero",

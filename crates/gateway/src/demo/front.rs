@@ -48,7 +48,7 @@ pub(crate) async fn serve(
             Arc::new(Route::new("/".into(), upstream, Unauthenticated::Allow))
         })
         .collect();
-    let state = Arc::new(Instances { routes, next: AtomicUsize::new(0), proxy: Proxy::new("http") });
+    let state = Arc::new(Instances { routes, next: AtomicUsize::new(0), proxy: Proxy::new(std::time::Duration::from_secs(60)) });
     let front = Router::new().fallback(move |req: Request<Body>| forward(state.clone(), req));
     axum::serve(listener, front.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

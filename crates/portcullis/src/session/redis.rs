@@ -316,7 +316,7 @@ fn millis(d: Duration) -> u64 {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        if key.sealing_key().is_none() {
+        if !key.can_seal() {
             return Err(StoreError::NoSealingKey);
         }
         self.with_timeout(async {
