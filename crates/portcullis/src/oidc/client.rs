@@ -252,10 +252,10 @@ impl OidcClient {
             .and_then(Value::as_array)
             .map(|g| g.iter().filter_map(Value::as_str).map(String::from).collect())
             .unwrap_or_default();
-        // Protocol claims say nothing about the user and would only bloat every session.
-        for technical in
-            ["nonce", "at_hash", "c_hash", "s_hash", "auth_time", "iat", "exp", "nbf", "jti", "sid", "azp", "aud", "iss", "acr", "amr"]
-        {
+        // Protocol claims say nothing about the user and would only bloat every session. `acr`
+        // and `amr` stay: how the user authenticated is what `require_claims` rules ask about
+        // (`acr = ["mfa"]`).
+        for technical in ["nonce", "at_hash", "c_hash", "s_hash", "auth_time", "iat", "exp", "nbf", "jti", "sid", "azp", "aud", "iss"] {
             claims.remove(technical);
         }
         Ok(Identity { subject, user, email, groups, claims })
