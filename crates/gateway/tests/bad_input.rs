@@ -80,12 +80,21 @@ async fn forged_replayed_and_refused_callbacks_get_clear_errors() {
         ("/oauth2/callback?code=abc", 400, "incomplete"),
         ("/oauth2/callback?state=%F0%9F%92%A9%F0%9F%92%A9%F0%9F%92%A9&code=x", 400, "not started in this browser"),
         ("/oauth2/callback?error=access_denied&error_description=%3Cscript%3Ealert(1)%3C/script%3E", 400, "access_denied"),
+        // A crafted link cannot put its own words on the gateway's page: no login of this
+        // browser vouches for it, so neither its description nor an unknown code is shown.
+        (
+            "/oauth2/callback?error=access_denied&error_description=Account+locked%2C+call+555-0100",
+            400,
+            "did not log you in (access_denied).",
+        ),
+        ("/oauth2/callback?error=Call_555-0100_now&state=forged", 400, "did not log you in."),
     ];
     for (path, status, text) in cases {
         let hop = Browser::new().navigate(&s.url(path)).await;
         assert_eq!(hop.status, status, "{path}: {}", hop.body);
         assert!(hop.body.contains(text), "{path}: {}", hop.body);
         assert!(!hop.body.contains("<script>"), "{path}: OP text must be escaped");
+        assert!(!hop.body.contains("555-0100"), "{path}: a crafted link's words are not shown: {}", hop.body);
         assert!(hop.body.contains("/oauth2/start"), "{path}: offers to log in again");
     }
     let log = s.gateway.log_text();
@@ -201,4 +210,20 @@ async fn tokens_and_secrets_never_reach_the_log() {
     }
     let id_part = cookie.split('.').nth(1).unwrap();
     assert!(!log.contains(id_part), "the log leaks the session id");
+}
+
+/// The OP's own refusal of a login this browser started (here `prompt=none` without a session
+/// at the OP: `login_required`) is explained with the OP's words: its state is vouched for by the
+/// browser's sealed login cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_the_op_shows_its_explanation() {
+    let s = Setup::start_with(Store::Memory, OpOptions::default(), |o| o.extra.push_str("\n[oidc.extra_auth_params]\nprompt = \"none\"\n"))
+        .await;
+    let hops = Browser::new().follow(&s.url("/page")).await;
+    let last = hops.last().unwrap();
+    assert_eq!(last.url.path(), "/oauth2/callback", "{hops:#?}");
+    assert_eq!(last.status, 400, "{}", last.body);
+    assert!(last.body.contains("(login_required)"), "{}", last.body);
+    let description = last.url.query_pairs().find(|(k, _)| k == "error_description").map(|(_, v)| v.to_string()).unwrap_or_default();
+    assert!(!description.is_empty() && last.body.contains(&description), "the OP's description {description:?} is shown: {}", last.body);
 }

@@ -43,6 +43,26 @@ const NOT_FOUND: &str = "This login was not started in this browser, or it expir
 const ALREADY_USED: &str = "This login link was already used. Please log in again.";
 const STORE_DOWN: &str = "Logging in is not possible right now. Please retry shortly.";
 
+/// Authorization-response error codes of RFC 6749 §4.1.2.1 and OpenID Connect Core §3.1.2.6.
+const KNOWN_ERRORS: [&str; 16] = [
+    "invalid_request",
+    "unauthorized_client",
+    "access_denied",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+    "invalid_request_uri",
+    "invalid_request_object",
+    "request_not_supported",
+    "request_uri_not_supported",
+    "registration_not_supported",
+];
+
 impl Authenticator {
     /// Starts a login: seals state, nonce, PKCE verifier and return path into a cookie of
     /// this browser (nothing is stored on the server), and redirects to the OP. `headers` are
@@ -118,7 +138,25 @@ impl Authenticator {
             let description: String =
                 query.error_description.as_deref().unwrap_or("").chars().filter(|c| !c.is_control()).take(200).collect();
             tracing::info!(%error, %description, "the OP refused the login");
-            return refuse("login_refused", &format!("The identity provider did not log you in ({error}). {description}"));
+            // Anyone can send a browser to this URL: the OP's words are shown on the gateway's
+            // page only for a login this browser started (its sealed state matches), and an
+            // error code only when it is one the protocols define. Otherwise a crafted link
+            // would put the attacker's text ("your account is locked, call …") on our origin.
+            let vouched = query
+                .state
+                .as_deref()
+                .zip(cookie_name.as_deref())
+                .and_then(|(state, name)| {
+                    let login = inner.login_sealer.open(super::cookies::find(headers, name)?)?;
+                    login_state::same_state(&login.state, state).then_some(())
+                })
+                .is_some();
+            let message = match (vouched, KNOWN_ERRORS.contains(&error.as_str())) {
+                (true, _) => format!("The identity provider did not log you in ({error}). {description}"),
+                (false, true) => format!("The identity provider did not log you in ({error})."),
+                (false, false) => "The identity provider did not log you in.".to_string(),
+            };
+            return refuse("login_refused", &message);
         }
         let (Some(code), Some(state), Some(cookie_name)) = (query.code.as_deref(), query.state.as_deref(), cookie_name.as_deref()) else {
             tracing::info!("callback without code or state");
