@@ -41,6 +41,20 @@ impl JwksCache {
     /// The key for a token header: by `kid`, or the single key usable with `alg` when the token
     /// names none. On a miss, refetches once (rate-limited) and looks again.
     pub(crate) async fn key_for(&self, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Result<Jwk, OidcError> {
+        self.lookup(kid, alg, Refetch::CoolingDown).await
+    }
+
+    /// Like [`JwksCache::key_for`], but a miss refetches even during the cool-down. Only for
+    /// ID tokens that came from the OP's own token endpoint in answer to our refresh grant:
+    /// those are not attacker-chosen (the cool-down guards against forged `kid`s in tokens a
+    /// client hands us), and at most one arrives per session per expiry. Without this, a key
+    /// the OP started signing with during the cool-down would make the refreshed ID token
+    /// unverifiable although the OP has just consumed the refresh token (issue 8, item 3).
+    pub(crate) async fn key_for_trusted(&self, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Result<Jwk, OidcError> {
+        self.lookup(kid, alg, Refetch::Always).await
+    }
+
+    async fn lookup(&self, kid: Option<&str>, alg: jsonwebtoken::Algorithm, refetch: Refetch) -> Result<Jwk, OidcError> {
         let seen = self.current();
         if let Some(key) = select(&seen, kid, alg) {
             return Ok(key);
@@ -54,7 +68,7 @@ impl JwksCache {
             {
                 return Ok(key);
             }
-            let cooling = last.is_some_and(|t| t.elapsed() < REFETCH_COOL_DOWN);
+            let cooling = refetch == Refetch::CoolingDown && last.is_some_and(|t| t.elapsed() < REFETCH_COOL_DOWN);
             if !cooling {
                 // The attempt starts the cool-down, whether or not it succeeds: an OP whose JWKS
                 // endpoint fails must not turn each forged kid into another fetch.
@@ -65,6 +79,15 @@ impl JwksCache {
         }
         select(&self.current(), kid, alg).ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("<none>").to_string()))
     }
+}
+
+/// Whether a miss may refetch during the cool-down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refetch {
+    /// At most one refetch per cool-down (tokens a client hands us: their `kid` is its choice).
+    CoolingDown,
+    /// Whenever a key is missing (ID tokens from our own token call).
+    Always,
 }
 
 /// What a periodic refetch changed (key ids are public; safe to log).
@@ -93,33 +116,6 @@ impl JwksCache {
         let old = std::mem::replace(&mut *self.keys.write().unwrap_or_else(|e| e.into_inner()), Arc::new(fresh));
         let dropped = kids(&old).into_iter().filter(|kid| !new_kids.contains(kid)).collect();
         Ok(Refreshed { keys, dropped })
-    }
-}
-
-// Refresh path (issue 8, item 3): kept apart from the rate-limited lookup above.
-impl JwksCache {
-    /// Like [`JwksCache::key_for`], but a miss refetches even during the cool-down. Only for
-    /// ID tokens that came from the OP's own token endpoint in answer to our refresh grant:
-    /// those are not attacker-chosen (the cool-down guards against forged `kid`s in tokens a
-    /// client hands us), and at most one arrives per session per expiry. Without this, a key
-    /// the OP started signing with during the cool-down would make the refreshed ID token
-    /// unverifiable although the OP has just consumed the refresh token.
-    pub(crate) async fn key_for_trusted(&self, kid: Option<&str>, alg: jsonwebtoken::Algorithm) -> Result<Jwk, OidcError> {
-        let seen = self.current();
-        if let Some(key) = select(&seen, kid, alg) {
-            return Ok(key);
-        }
-        let mut last = self.fetch.lock().await;
-        let now_keys = self.current();
-        if !Arc::ptr_eq(&now_keys, &seen)
-            && let Some(key) = select(&now_keys, kid, alg)
-        {
-            return Ok(key);
-        }
-        *last = Some(Instant::now());
-        let fresh = Arc::new(fetch(&self.http, &self.uri).await?);
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-        select(&fresh, kid, alg).ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("<none>").to_string()))
     }
 }
 
