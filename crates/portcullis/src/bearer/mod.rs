@@ -238,11 +238,7 @@ impl BearerValidator {
             _ => return Err(BearerError::Invalid("the token lacks the configured user claim")),
         };
         let email = claims.get("email").and_then(Value::as_str).map(String::from);
-        let groups = claims
-            .get(&self.groups_claim)
-            .and_then(Value::as_array)
-            .map(|g| g.iter().filter_map(Value::as_str).map(String::from).collect())
-            .unwrap_or_default();
+        let groups = Identity::groups_in(&claims, &self.groups_claim);
         for technical in ["iat", "exp", "nbf", "jti", "iss", "aud", "sid", "active", "token_type", "cnf", "auth_time"] {
             claims.remove(technical);
         }

@@ -247,11 +247,7 @@ impl OidcClient {
             None => return Err(OidcError::IdToken(format!("the ID token has no {:?} claim (oidc.user_claim)", self.user_claim))),
         };
         let email = claims.get("email").and_then(Value::as_str).map(String::from);
-        let groups = claims
-            .get(&self.groups_claim)
-            .and_then(Value::as_array)
-            .map(|g| g.iter().filter_map(Value::as_str).map(String::from).collect())
-            .unwrap_or_default();
+        let groups = Identity::groups_in(&claims, &self.groups_claim);
         // Protocol claims say nothing about the user and would only bloat every session. `acr`
         // and `amr` stay: how the user authenticated is what `require_claims` rules ask about
         // (`acr = ["mfa"]`).

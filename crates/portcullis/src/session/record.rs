@@ -58,6 +58,19 @@ pub struct Identity {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Identity {
+    /// The groups in claim `name`: an array of strings (other entries ignored), or none. One
+    /// reading for ID tokens and bearer tokens alike, so a rule on groups means the same thing
+    /// whichever way the caller authenticated.
+    pub(crate) fn groups_in(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Vec<String> {
+        claims
+            .get(name)
+            .and_then(serde_json::Value::as_array)
+            .map(|g| g.iter().filter_map(serde_json::Value::as_str).map(String::from).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// Tokens from one grant.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenSet {
