@@ -36,12 +36,11 @@ use crate::{
     canonical_path,
     health::{self, Readiness},
     proxy::Proxy,
-    routes::{Route, RouteTable},
+    routes::{LiveRoutes, Route},
 };
 
-/// The whole router.
-pub(crate) fn router(config: &Config, auth: Authenticator, readiness: Readiness) -> Gateway {
-    let table = Arc::new(RouteTable::new(&config.routes));
+/// The whole router, serving the route table `table` holds (a reload replaces it).
+pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, readiness: Readiness) -> Gateway {
     let proxy = Arc::new(Proxy::new(config.server.client_body_timeout));
     let forward = service_fn(move |req: Request<Body>| {
         let proxy = proxy.clone();
@@ -75,8 +74,8 @@ pub(crate) fn router(config: &Config, auth: Authenticator, readiness: Readiness)
 }
 
 /// Picks the route and hands its policy to the auth layer.
-async fn select_route(State(table): State<Arc<RouteTable>>, mut req: Request, next: Next) -> Response {
-    let Some(route) = table.lookup(req.uri().path()).cloned() else {
+async fn select_route(State(table): State<LiveRoutes>, mut req: Request, next: Next) -> Response {
+    let Some(route) = table.load().lookup(req.uri().path()).cloned() else {
         let mut failure = Failure::bad_request("no_route", "There is nothing at this address.");
         failure.status = StatusCode::NOT_FOUND;
         return failure.respond(RequestKind::of(req.headers())).into_response();
@@ -90,7 +89,7 @@ async fn select_route(State(table): State<Arc<RouteTable>>, mut req: Request, ne
 
 /// What `forward_auth_route` needs: the route table and the path rules of the boundary.
 struct ForwardAuthRouting {
-    table: Arc<RouteTable>,
+    table: LiveRoutes,
     paths: canonical_path::Settings,
 }
 
@@ -119,7 +118,7 @@ async fn forward_auth_route(State(routing): State<Arc<ForwardAuthRouting>>, mut 
         }
     }
     let path = original.uri.split('?').next().unwrap_or("/");
-    if let Some(route) = routing.table.lookup(path) {
+    if let Some(route) = routing.table.load().lookup(path) {
         req.extensions_mut().insert(route.config.clone());
     }
     req.extensions_mut().insert(original);

@@ -89,14 +89,3 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
         .with_context(|| format!("invalid configuration in {}", path.display()))?;
     Ok(config)
 }
-
-/// Logs to stderr; `PORTCULLIS_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
-pub(crate) fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("PORTCULLIS_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}

@@ -7,6 +7,7 @@ mod cli;
 mod client_headers;
 mod demo;
 mod health;
+mod logging;
 mod proxy;
 mod routes;
 mod server;
@@ -19,7 +20,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_logging();
+    logging::init();
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

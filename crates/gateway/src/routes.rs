@@ -49,6 +49,28 @@ impl Route {
     }
 }
 
+/// The route table in force: read once per request, replaced whole by a reload (SIGHUP), so a
+/// request sees either the old table or the new one, never a mix.
+#[derive(Clone, Default)]
+pub(crate) struct LiveRoutes(Arc<arc_swap::ArcSwap<RouteTable>>);
+
+impl LiveRoutes {
+    pub(crate) fn new(table: RouteTable) -> Self {
+        Self(Arc::new(arc_swap::ArcSwap::from_pointee(table)))
+    }
+
+    /// The current table.
+    pub(crate) fn load(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
+
+    /// Puts a new table in force for every request that starts from now on.
+    #[allow(dead_code)]
+    pub(crate) fn store(&self, table: RouteTable) {
+        self.0.store(Arc::new(table));
+    }
+}
+
 /// Routes ordered longest prefix first, so the first match is the most specific.
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {

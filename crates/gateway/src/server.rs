@@ -15,7 +15,11 @@ use portcullis::{
 };
 use tokio::net::TcpListener;
 
-use crate::{app, health::Readiness};
+use crate::{
+    app,
+    health::Readiness,
+    routes::{LiveRoutes, RouteTable},
+};
 
 mod connections;
 
@@ -63,7 +67,8 @@ fn build(config: &Config) -> anyhow::Result<(crate::boundary::Gateway, tokio::ta
     let post_logout = config.oidc.post_logout_redirect_url.clone().unwrap_or_else(|| config.public_url.clone());
     let discovery = provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
     let auth = Authenticator::new(config, store, provider.clone());
-    Ok((app::router(config, auth, Readiness::new(provider, redis)), discovery))
+    let routes = LiveRoutes::new(RouteTable::new(&config.routes));
+    Ok((app::router(config, routes, auth, Readiness::new(provider, redis)), discovery))
 }
 
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
