@@ -51,6 +51,14 @@
 #                             wrk -t1 -c8), so startup and login are not counted. Instruction
 #                             counts do not move with the machine's load, unlike wall-clock figures
 #                             (BENCH_TARGETS=... selects which; direct is skipped)
+#   BENCH_LATENCY [0]         1: after the wrk runs, latency at a fixed rate with h2load --rps
+#                             (Debian's nghttp2-client): BENCH_LATENCY_RATE [half the memory
+#                             store's wrk requests/s of this run] for each of
+#                             BENCH_LATENCY_TARGETS [direct nginx memory redis] (apache too, if
+#                             named; it saturates below that rate), BENCH_LATENCY_CLIENTS [16]
+#                             connections, BENCH_LATENCY_DURATION [20s] after
+#                             BENCH_LATENCY_WARMUP [2s]; p50/p99/p99.9/max from h2load's
+#                             per-request log, and p99 added against direct
 #
 # Besides requests/s and latency, the table gives the CPU time the process under test spent
 # per request during the measured run (utime+stime from /proc, workers included): on a small
@@ -91,6 +99,11 @@ else
 fi
 CALLGRIND="${BENCH_CALLGRIND:-0}"
 CALLGRIND_DURATION="${BENCH_CALLGRIND_DURATION:-5s}"
+LATENCY="${BENCH_LATENCY:-0}"
+LATENCY_TARGETS="${BENCH_LATENCY_TARGETS:-direct nginx memory redis}"
+LATENCY_CLIENTS="${BENCH_LATENCY_CLIENTS:-16}"
+LATENCY_DURATION="${BENCH_LATENCY_DURATION:-20s}"
+LATENCY_WARMUP="${BENCH_LATENCY_WARMUP:-2s}"
 RESULTS_DIR="${BENCH_RESULTS_DIR:-$REPO_ROOT/bench/results}"
 PERF="${BENCH_PERF:-0}"
 PERF_STAT="${BENCH_PERF_STAT:-0}"
@@ -587,7 +600,7 @@ table=$(
   for target in $TARGETS; do
     echo "| ${LABELS[$target]} | ${RPS[$target]} | ${P50[$target]} | ${P99[$target]} | $(ratio "${RPS[$target]}" "${RPS[nginx]:-}") | $(ratio "${RPS[$target]}" "${RPS[direct]:-}") | ${CPU[$target]} | ${OTHERS[$target]}% (${TRIES[$target]} run$([[ ${TRIES[$target]} == 1 ]] || echo s)) | ${ERRS[$target]:-none} |"
   done
-  if [[ -n ${REDIS_CMDS[*]} ]]; then
+  if [[ -n $(printf '%s' "${REDIS_CMDS[@]}") ]]; then
     echo
     echo "Redis commands per request during the measured run (INFO commandstats):"
     echo
@@ -706,7 +719,6 @@ if [[ $CALLGRIND == 1 ]]; then
   printf '%s\n' "$table" >>"$RESULTS_DIR/proxy.md"
 fi
 
-# --- optional profile ------------------------------------------------------------------------
 dur_secs() { # 10s, 2m, 30 -> seconds
   case $1 in
     *m) echo $((${1%m} * 60)) ;;
@@ -715,6 +727,84 @@ dur_secs() { # 10s, 2m, 30 -> seconds
   esac
 }
 
+# --- optional fixed-rate latency ------------------------------------------------------------------
+# wrk measures at saturation, where p99 is mostly queueing. What a user adds to a service is the
+# latency at a load it carries comfortably: every target gets the same fixed rate (by default
+# half of the memory store's requests/s measured above), sent by h2load --rps (nghttp2-client,
+# HTTP/1.1, BENCH_LATENCY_CLIENTS connections, each paced at rate/clients), and the latency of
+# every request comes from h2load's per-request log. h2load times a request from when it was
+# sent, not from when the pacing scheduled it (no coordinated-omission correction), which is why
+# the rate stays well below every target's saturation point.
+latency_run() { # latency_run NAME URL RATE: sets LAT[NAME] (a table row without the label)
+  local name=$1 url=$2 rate=$3 clients=$LATENCY_CLIENTS out="$RUN_DIR/h2load-$1" per
+  per=$(((rate + clients - 1) / clients))
+  check "$url"
+  wait_quiet "$name fixed-rate"
+  log "h2load $name: $clients clients × $per requests/s for $LATENCY_DURATION (after ${LATENCY_WARMUP} warm-up)"
+  "${LOAD_CPU[@]}" h2load --h1 -t1 -c"$clients" --rps="$per" -D"$LATENCY_DURATION" --warm-up-time="$LATENCY_WARMUP" \
+    -H "Cookie: $COOKIE_NAME=$COOKIE" --log-file="$out.log" "$url" >"$out.txt" 2>&1 \
+    || die "h2load $name failed: $(tail -3 "$out.txt")"
+  check "$url"
+  LAT[$name]=$(python3 bench/latency_stats.py "$out.log" "$(dur_secs "$LATENCY_DURATION")" "$rate") \
+    || die "h2load $name: no latencies"
+  P99_AT_RATE[$name]=$(awk -F' [|] ' '{ print $4 }' <<<"${LAT[$name]}")
+  log "h2load $name: ${LAT[$name]}"
+}
+
+declare -A LAT P99_AT_RATE
+if [[ $LATENCY == 1 ]]; then
+  command -v h2load >/dev/null 2>&1 || install_packages nghttp2-client
+  rate=${BENCH_LATENCY_RATE:-}
+  if [[ -z $rate ]]; then
+    [[ -n ${RPS[memory]:-} ]] || die "BENCH_LATENCY=1 without BENCH_LATENCY_RATE needs the memory target's wrk run"
+    rate=$(awk -v r="${RPS[memory]}" 'BEGIN { printf "%d", r / 2 }')
+  fi
+  for target in $LATENCY_TARGETS; do
+    case $target in
+      direct)
+        fake_cookie
+        latency_run direct "http://127.0.0.1:$UP_PORT/" "$rate"
+        ;;
+      nginx)
+        fake_cookie
+        latency_run nginx "http://127.0.0.1:$NGX_PORT/" "$rate"
+        ;;
+      memory | redis)
+        stop_gateway
+        start_gateway "$target"
+        login "$target-lat"
+        latency_run "$target" "$GW/" "$rate"
+        ;;
+      apache)
+        stop_gateway
+        start_apache
+        login apache-lat "$APACHE" mod_auth_openidc_session
+        latency_run apache "$APACHE/" "$rate"
+        stop_apache
+        ;;
+      *) die "unknown latency target $target" ;;
+    esac
+  done
+  stop_gateway
+  table=$(
+    echo
+    echo "Latency at a fixed rate (h2load --h1 -c$LATENCY_CLIENTS --rps, $LATENCY_DURATION after $LATENCY_WARMUP warm-up; rate: ${BENCH_LATENCY_RATE:-half the memory store wrk requests/s above}):"
+    echo
+    echo "| target | rate asked (req/s) | rate served | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | non-200 | p99 added vs direct (ms) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for target in $LATENCY_TARGETS; do
+      added="-"
+      if [[ -n ${P99_AT_RATE[direct]:-} && $target != direct ]]; then
+        added=$(awk -v a="${P99_AT_RATE[$target]}" -v b="${P99_AT_RATE[direct]}" 'BEGIN { printf "%+.3f", a - b }')
+      fi
+      echo "| ${LABELS[$target]} | ${LAT[$target]} | $added |"
+    done
+  )
+  printf '%s\n' "$table"
+  printf '%s\n' "$table" >>"$RESULTS_DIR/proxy.md"
+fi
+
+# --- optional profile ------------------------------------------------------------------------
 profile() { # profile NAME URL PID: one more wrk run, with `perf record` on PID (and its children)
   local name=$1 url=$2 pid=$3 secs pids wrk_pid data="$RUN_DIR/perf-$1.data" t0 t1 n us
   check "$url"
