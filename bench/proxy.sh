@@ -251,9 +251,10 @@ stop_gateway() {
 # per-claim headers (OIDCPassClaimsAs environment). event MPM with a thread for every
 # connection wrk opens, in as many processes as nginx has workers (one with BENCH_PIN=1).
 APACHE_PID=""
-apache_conf() { # apache_conf NAME PORT PROCESSES
-  local name=$1 port=$2 procs=$3 dir="$WORK/apache-$1" threads=$((CONNECTIONS + 8))
+apache_conf() { # apache_conf NAME PORT PROCESSES [USER]: USER: the whole server runs as USER
+  local name=$1 port=$2 procs=$3 as=${4:-} dir="$WORK/apache-$1" threads=$((CONNECTIONS + 8))
   mkdir -p "$dir"
+  [[ -z $as ]] || chown "$as" "$dir"
   cat >"$WORK/apache-$name.conf" <<EOF
 ServerRoot /usr/lib/apache2
 ServerName 127.0.0.1
@@ -261,9 +262,9 @@ Listen 127.0.0.1:$port
 PidFile $dir/httpd.pid
 DefaultRuntimeDir $dir
 Mutex file:$dir default
-ErrorLog $WORK/apache-$name.log
+ErrorLog $dir/error.log
 LogLevel warn
-$([[ $(id -u) -eq 0 ]] && printf 'User www-data\nGroup www-data')
+$([[ -z $as && $(id -u) -eq 0 ]] && printf 'User www-data\nGroup www-data')
 LoadModule mpm_event_module modules/mod_mpm_event.so
 LoadModule authn_core_module modules/mod_authn_core.so
 LoadModule authz_core_module modules/mod_authz_core.so
@@ -306,19 +307,33 @@ ProxyPass / http://127.0.0.1:$UP_PORT/
 EOF
 }
 
-start_apache() { # start_apache [PREFIX...]: PREFIX wraps the command (valgrind: one process, -X)
-  local prefix=("$@") args=()
-  [[ ${#prefix[@]} -gt 0 ]] || prefix=("${PROXY_CPU[@]}")
-  [[ ${1:-} == valgrind ]] && args=(-X)
-  apache_conf bench "$APACHE_PORT" "$PROXY_WORKERS"
-  /usr/sbin/apache2 -t -f "$WORK/apache-bench.conf" 2>>"$WORK/apache-bench.log" \
-    || die "apache: bad config: $(tail -3 "$WORK/apache-bench.log")"
-  "${prefix[@]}" /usr/sbin/apache2 -f "$WORK/apache-bench.conf" -DFOREGROUND "${args[@]}" \
-    >>"$WORK/apache-bench.log" 2>&1 &
+# start_apache [valgrind ARGS...]: under valgrind, one process (-X) that runs as www-data from
+# the start (setpriv execs, so APACHE_PID is valgrind's): a root Apache switches to its User
+# after valgrind started as root, and callgrind_control can then no longer reach it. CG_AS is
+# the prefix callgrind_control needs to reach it.
+CG_AS=()
+start_apache() {
+  local prefix=("${PROXY_CPU[@]}") args=() as="" name=bench
+  if [[ ${1:-} == valgrind ]]; then
+    args=(-X)
+    name=cg
+    if [[ $(id -u) -eq 0 ]]; then
+      as=www-data
+      CG_AS=(setpriv --reuid=www-data --regid=www-data --init-groups)
+      prefix=("${CG_AS[@]}")
+    fi
+    prefix+=("$@")
+  fi
+  apache_conf "$name" "$APACHE_PORT" "$PROXY_WORKERS" "$as"
+  APACHE_LOG="$WORK/apache-$name/error.log"
+  /usr/sbin/apache2 -t -f "$WORK/apache-$name.conf" >>"$WORK/apache-$name.out" 2>&1 \
+    || die "apache: bad config: $(tail -3 "$WORK/apache-$name.out")"
+  "${prefix[@]}" /usr/sbin/apache2 -f "$WORK/apache-$name.conf" -DFOREGROUND "${args[@]}" \
+    >>"$WORK/apache-$name.out" 2>&1 &
   APACHE_PID=$!
   PIDS+=("$APACHE_PID")
   # Unauthenticated, the module answers a navigation with a redirect to the OP.
-  wait_http "$APACHE/" 302 120 || die "apache did not answer on $APACHE_PORT; log: $(tail -5 "$WORK/apache-bench.log")"
+  wait_http "$APACHE/" 302 120 || die "apache did not answer on $APACHE_PORT; log: $(tail -5 "$APACHE_LOG" "$WORK/apache-$name.out")"
   log "apache + mod_auth_openidc on $APACHE_PORT, pid $APACHE_PID"
 }
 
@@ -326,6 +341,7 @@ stop_apache() {
   [[ -n $APACHE_PID ]] || return 0
   forget_pid "$APACHE_PID"
   APACHE_PID=""
+  cp "$APACHE_LOG" "$RUN_DIR/apache-$(basename "$(dirname "$APACHE_LOG")").log" 2>/dev/null || true
 }
 
 # --- 3. login with curl as a browser -------------------------------------------------------------
@@ -636,11 +652,14 @@ CG_PID=""
 callgrind_run() {
   local name=$1 url=$2 out="$RUN_DIR/wrk-$1-callgrind.txt" n ir
   check "$url"
-  callgrind_control -i on "$CG_PID" >/dev/null
-  callgrind_control -z "$CG_PID" >/dev/null
+  "${CG_AS[@]}" callgrind_control -i on "$CG_PID" >/dev/null
+  # Switching instrumentation on makes valgrind translate the code again: one request first,
+  # so the slow first pass (seconds for Apache's modules) does not eat the counted run.
+  check "$url"
+  "${CG_AS[@]}" callgrind_control -z "$CG_PID" >/dev/null
   "${LOAD_CPU[@]}" wrk -t1 -c8 -d"$CALLGRIND_DURATION" -H "Cookie: $COOKIE_NAME=$COOKIE" "$url" >"$out"
-  callgrind_control -i off "$CG_PID" >/dev/null
-  callgrind_control -d "$CG_PID" >/dev/null
+  "${CG_AS[@]}" callgrind_control -i off "$CG_PID" >/dev/null
+  "${CG_AS[@]}" callgrind_control -d "$CG_PID" >/dev/null
   sleep 1
   n=$(awk '/requests in/ { print $1 }' "$out")
   # `totals:`, not `summary:`: after `callgrind_control -z` valgrind 3.19 writes an underflowed
@@ -701,6 +720,7 @@ if [[ $CALLGRIND == 1 ]]; then
         login apache-cg "$APACHE" mod_auth_openidc_session
         callgrind_run apache "$APACHE/"
         stop_apache
+        CG_AS=()
         ;;
     esac
   done
