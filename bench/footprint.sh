@@ -107,7 +107,7 @@ redis_used() { redis-cli -p "$REDIS_PORT" INFO memory | awk -F: '/^used_memory:/
 # there are and the mean MEMORY USAGE (bytes, key and value with Redis' overhead) of up to
 # SAMPLE_KEYS of them.
 key_usage() {
-  redis-cli -p "$REDIS_PORT" --scan --count 1000 | python3 -c '
+  redis-cli -p "$REDIS_PORT" --scan | python3 -c '
 import random, re, subprocess, sys
 port, limit = sys.argv[1], int(sys.argv[2])
 keys = sys.stdin.read().split()
@@ -120,7 +120,8 @@ for kind, ks in sorted(kinds.items()):
     out = subprocess.run(["redis-cli", "-p", port], input=cmds, capture_output=True, text=True).stdout.split()
     usage = [int(x) for x in out[0::2] if x.isdigit()]
     types = sorted(set(out[1::2]))
-    print(f"{kind}\t{len(ks)}\t{sum(usage) / max(1, len(usage)):.0f}\t{','.join(types)}")
+    mean = sum(usage) / max(1, len(usage))
+    print(kind, len(ks), f"{mean:.0f}", "/".join(types), sep="\t")
 ' "$REDIS_PORT" "$SAMPLE_KEYS"
 }
 
