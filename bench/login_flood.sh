@@ -27,111 +27,30 @@
 # Everything binds 127.0.0.1 on free ports; every process started here is stopped on exit.
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_ROOT"
+BENCH_TAG=login-flood
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REQUESTS="${BENCH_REQUESTS:-100000}"
 WARMUP_REQUESTS="${BENCH_WARMUP_REQUESTS:-5000}"
 CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 STORES="${BENCH_STORES:-memory redis}"
-SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 RESULTS_DIR="${BENCH_RESULTS_DIR:-$REPO_ROOT/bench/results}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
-BIN="${BENCH_BIN:-$TARGET_DIR/release/portcullis}"
-
-log() { printf '[login-flood %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-SUDO=()
-if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
+BIN="${BENCH_BIN:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/portcullis}"
 
 # --- dependencies and build ------------------------------------------------------------------
 need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [[ ${#need[@]} -gt 0 ]]; then
-  log "apt-get install ${need[*]}"
-  policy=""
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then # no system service starts while installing
-    policy=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
-    "${SUDO[@]}" chmod +x "$policy"
-  fi
-  status=0
-  "${SUDO[@]}" apt-get update -qq || status=$?
-  if [[ $status -eq 0 ]]; then
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || status=$?
-  fi
-  [[ -z $policy ]] || "${SUDO[@]}" rm -f "$policy"
-  [[ $status -eq 0 ]] || die "apt-get failed ($status)"
-  hash -r
-fi
+need_cmd need wrk wrk
+need_cmd need redis-server redis-server
+need_cmd need curl curl
+need_cmd need python3 python3
+install_packages "${need[@]}"
 bash scripts/install-test-deps.sh
 hash -r
+build_gateway "$BIN"
 
-if [[ $SKIP_BUILD != 1 && -z ${BENCH_BIN:-} ]]; then
-  log "cargo build --release -p portcullis-gateway (target dir $TARGET_DIR)"
-  CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p portcullis-gateway
-fi
-[[ -x $BIN ]] || die "no binary at $BIN"
-
-# --- process bookkeeping ---------------------------------------------------------------------
-WORK="$(mktemp -d /tmp/portcullis-login-flood.XXXXXX)"
-PIDS=()
-PORTS=()
-
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
-  if [[ $rc -ne 0 ]]; then
-    mkdir -p "$RESULTS_DIR/login-flood-failed"
-    cp "$WORK"/*.log "$WORK"/*.toml "$RESULTS_DIR/login-flood-failed/" 2>/dev/null || true
-    log "failed (exit $rc); logs copied to $RESULTS_DIR/login-flood-failed"
-  fi
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() { # free_port VAR
-  local p i
-  for ((i = 0; i < 20; i++)); do
-    p=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-    if [[ " ${PORTS[*]} " != *" $p "* ]]; then
-      PORTS+=("$p")
-      printf -v "$1" '%s' "$p"
-      return
-    fi
-  done
-  die "no free port"
-}
-
-wait_http() { # wait_http URL STATUS SECONDS
-  local url=$1 want=$2 secs=$3 deadline code
-  deadline=$((SECONDS + secs))
-  while ((SECONDS < deadline)); do
-    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" || true)
-    [[ $code == "$want" ]] && return 0
-    sleep 0.1
-  done
-  return 1
-}
+# --- process bookkeeping (WORK, PIDS, PORTS, stop_pid, free_port, wait_http: bench/lib.sh) ----
+BENCH_FAIL_DIR="$RESULTS_DIR/login-flood-failed"
 
 free_port REDIS_PORT
 free_port OP_PORT
@@ -139,45 +58,14 @@ free_port GW_PORT
 GW="http://127.0.0.1:$GW_PORT"
 
 # --- servers -----------------------------------------------------------------------------------
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no \
-  --dir "$WORK" --logfile "$WORK/redis.log" &
-PIDS+=($!)
-deadline=$((SECONDS + 10))
-until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
-  ((SECONDS < deadline)) || die "redis did not start"
-  sleep 0.1
-done
-log "redis on $REDIS_PORT"
-
-PORT=$OP_PORT CLIENT_ID=gw CLIENT_SECRET=gw-secret REDIRECT_URIS="$GW/oauth2/callback" \
-  node tests/op/provider.mjs >"$WORK/op.out" 2>"$WORK/op.log" &
-PIDS+=($!)
-deadline=$((SECONDS + 30))
-until grep -q "^READY http://127.0.0.1:$OP_PORT" "$WORK/op.out" 2>/dev/null; do
-  ((SECONDS < deadline)) || die "OP did not print READY; stderr: $(tail -5 "$WORK/op.log")"
-  sleep 0.1
-done
-log "OP on $OP_PORT"
+start_redis "$REDIS_PORT"
+start_test_op "$OP_PORT" "$GW/oauth2/callback"
 
 GW_PID=""
 start_gateway() { # start_gateway memory|redis
   local store=$1 conf="$WORK/portcullis-$1.toml"
-  {
-    echo "listen = \"127.0.0.1:$GW_PORT\""
-    echo "public_url = \"$GW\""
-    echo "[oidc]"
-    echo "issuer = \"http://127.0.0.1:$OP_PORT\""
-    echo "client_id = \"gw\""
-    echo "client_secret = \"gw-secret\""
-    echo "[session]"
-    echo "store = \"$store\""
-    [[ $store == redis ]] && echo "redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
-    echo "secret = \"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\""
-    echo "[[routes]]"
-    echo "prefix = \"/\""
-    echo "upstream = \"http://127.0.0.1:9\""
-    echo "unauthenticated = \"login\""
-  } >"$conf"
+  # The upstream is never reached: every request here is a login start.
+  gateway_conf "$conf" "$GW_PORT" "$OP_PORT" "$store" "http://127.0.0.1:9" "$REDIS_PORT"
   PORTCULLIS_LOG=warn "$BIN" --config "$conf" >>"$WORK/portcullis-$store.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
@@ -187,14 +75,10 @@ start_gateway() { # start_gateway memory|redis
 
 stop_gateway() {
   [[ -n $GW_PID ]] || return 0
-  stop_pid "$GW_PID"
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$GW_PID" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
+  forget_pid "$GW_PID"
   GW_PID=""
 }
 
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 dbsize() { redis-cli -p "$REDIS_PORT" DBSIZE; }
 redis_used() { redis-cli -p "$REDIS_PORT" INFO memory | awk -F: '/^used_memory:/ { gsub("\r", ""); print $2 }'; }
 

@@ -8,9 +8,11 @@
 #   2. nginx     wrk -> nginx proxy_pass (upstream keepalive pool) -> upstream
 #   3. memory    wrk -> portcullis (session.store = "memory") -> upstream
 #   4. redis     wrk -> portcullis (session.store = "redis", private redis-server) -> upstream
-# Portcullis requests carry a real session cookie obtained by logging in through the test
-# OpenID Provider (tests/op) with curl as a scripted browser. Every target gets the same
-# request, cookie header included.
+#   5. apache    wrk -> Apache httpd + mod_auth_openidc (Debian packages; session in the same
+#                redis, OIDCCacheType redis; mod_proxy_http) -> upstream
+# Portcullis and Apache requests carry a real session cookie obtained by logging in through the
+# test OpenID Provider (tests/op) with curl as a scripted browser. Every target gets the same
+# request, cookie header included (a session cookie of the same size for direct and nginx).
 #
 # Environment (defaults in brackets):
 #   BENCH_DURATION [10s]      wrk -d of each measured run
@@ -28,7 +30,7 @@
 #                             portcullis, whose Tokio runtime then has one worker thread) to
 #                             CPU 1, and wrk, the upstream, redis and the OP to CPU 0: each proxy
 #                             gets one core of its own, so requests/s compare per-core efficiency
-#   BENCH_TARGETS [direct nginx memory redis]  which targets to run, in this order
+#   BENCH_TARGETS [direct nginx memory redis apache]  which targets to run, in this order
 #   BENCH_RESULTS_DIR [bench/results]  where the table is appended (proxy.md) and raw wrk
 #                             output of each run is kept (<timestamp>/)
 #   BENCH_SKIP_BUILD [0]      1: use the existing release binary
@@ -49,6 +51,14 @@
 #                             wrk -t1 -c8), so startup and login are not counted. Instruction
 #                             counts do not move with the machine's load, unlike wall-clock figures
 #                             (BENCH_TARGETS=... selects which; direct is skipped)
+#   BENCH_LATENCY [0]         1: after the wrk runs, latency at a fixed rate with h2load --rps
+#                             (Debian's nghttp2-client): BENCH_LATENCY_RATE [half the memory
+#                             store's wrk requests/s of this run] for each of
+#                             BENCH_LATENCY_TARGETS [direct nginx memory redis] (apache too, if
+#                             named; it saturates below that rate), BENCH_LATENCY_CLIENTS [16]
+#                             connections, BENCH_LATENCY_DURATION [20s] after
+#                             BENCH_LATENCY_WARMUP [2s]; p50/p99/p99.9/max from h2load's
+#                             per-request log, and p99 added against direct
 #
 # Besides requests/s and latency, the table gives the CPU time the process under test spent
 # per request during the measured run (utime+stime from /proc, workers included): on a small
@@ -56,11 +66,13 @@
 # implementations rather than the scheduler.
 #
 # Everything binds 127.0.0.1 on free ports; every process started here is stopped on exit.
-# Needs root (or sudo) only to install missing packages (wrk, nginx, redis-server, node).
+# Needs root (or sudo) only to install missing packages (wrk, nginx, redis-server, node, apache2,
+# libapache2-mod-auth-openidc); no system service is started by the installs (bench/lib.sh).
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_ROOT"
+BENCH_TAG=bench
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION="${BENCH_DURATION:-10s}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
@@ -81,135 +93,53 @@ if [[ $PIN == 1 ]]; then
 fi
 BIN_BASELINE="${BENCH_BIN_BASELINE:-}"
 if [[ -n $BIN_BASELINE ]]; then
-  TARGETS="${BENCH_TARGETS:-direct nginx memory-base memory redis-base redis}"
+  TARGETS="${BENCH_TARGETS:-direct nginx memory-base memory redis-base redis apache}"
 else
-  TARGETS="${BENCH_TARGETS:-direct nginx memory redis}"
+  TARGETS="${BENCH_TARGETS:-direct nginx memory redis apache}"
 fi
 CALLGRIND="${BENCH_CALLGRIND:-0}"
 CALLGRIND_DURATION="${BENCH_CALLGRIND_DURATION:-5s}"
+LATENCY="${BENCH_LATENCY:-0}"
+LATENCY_TARGETS="${BENCH_LATENCY_TARGETS:-direct nginx memory redis}"
+LATENCY_CLIENTS="${BENCH_LATENCY_CLIENTS:-16}"
+LATENCY_DURATION="${BENCH_LATENCY_DURATION:-20s}"
+LATENCY_WARMUP="${BENCH_LATENCY_WARMUP:-2s}"
 RESULTS_DIR="${BENCH_RESULTS_DIR:-$REPO_ROOT/bench/results}"
-SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 PERF="${BENCH_PERF:-0}"
 PERF_STAT="${BENCH_PERF_STAT:-0}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 BIN="${BENCH_BIN:-$TARGET_DIR/release/portcullis}"
 PERF_CALLGRAPH="${BENCH_PERF_CALLGRAPH:-dwarf,16384}"
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-SUDO=()
-if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null 2>&1; then SUDO=(sudo); fi
-
 # --- 1. dependencies and build ---------------------------------------------------------
 need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v pgrep >/dev/null 2>&1 || need+=(procps)
-command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+need_cmd need wrk wrk
+need_cmd need nginx nginx
+need_cmd need redis-server redis-server
+need_cmd need curl curl
+need_cmd need python3 python3
+need_cmd need pgrep procps
+need_cmd need taskset util-linux
+if [[ " $TARGETS " == *" apache "* ]]; then
+  need_cmd need apache2 apache2
+  [[ -f /usr/lib/apache2/modules/mod_auth_openidc.so ]] || need+=(libapache2-mod-auth-openidc)
+fi
 if [[ $PERF == 1 || $PERF_STAT == 1 ]] && ! command -v perf >/dev/null 2>&1; then need+=(linux-perf); fi
 if [[ $CALLGRIND == 1 ]] && ! command -v callgrind_control >/dev/null 2>&1; then need+=(valgrind); fi
-if [[ ${#need[@]} -gt 0 ]]; then
-  log "apt-get install ${need[*]}"
-  # Debian's nginx and redis-server packages start their system service on install (nginx on
-  # 0.0.0.0:80). Nothing here wants that: deny service starts while installing, unless a
-  # policy already exists (container images usually have one).
-  policy=""
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    policy=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
-    "${SUDO[@]}" chmod +x "$policy"
-  fi
-  status=0
-  "${SUDO[@]}" apt-get update -qq || status=$?
-  if [[ $status -eq 0 ]]; then
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || status=$?
-  fi
-  [[ -z $policy ]] || "${SUDO[@]}" rm -f "$policy"
-  [[ $status -eq 0 ]] || die "apt-get failed ($status)"
-  hash -r
-fi
+install_packages "${need[@]}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 bash scripts/install-test-deps.sh
 hash -r
 
-if [[ $SKIP_BUILD != 1 && -z ${BENCH_BIN:-} ]]; then
-  log "cargo build --release -p portcullis-gateway (target dir $TARGET_DIR)"
-  CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p portcullis-gateway
-fi
-[[ -x $BIN ]] || die "no binary at $BIN"
+build_gateway "$BIN"
 [[ -z $BIN_BASELINE || -x $BIN_BASELINE ]] || die "no baseline binary at $BIN_BASELINE"
 
-# --- process bookkeeping -----------------------------------------------------------------
-WORK="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
-PIDS=()
-PORTS=()
+# --- process bookkeeping (WORK, PIDS, PORTS, stop_pid, free_port, wait_http: bench/lib.sh) ---
 STAMP="$(date +%Y%m%d-%H%M%S)"
 RUN_DIR="$RESULTS_DIR/$STAMP"
 mkdir -p "$RUN_DIR"
-
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$? port
-  trap - EXIT INT TERM
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    stop_pid "${PIDS[i]}"
-  done
-  for port in "${PORTS[@]}"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      log "warning: something still listens on 127.0.0.1:$port"
-    fi
-  done
-  if [[ $rc -ne 0 ]]; then
-    cp -r "$WORK"/*.log "$WORK"/*.conf "$WORK"/*.toml "$RUN_DIR"/ 2>/dev/null || true
-    log "failed (exit $rc); logs copied to $RUN_DIR"
-  fi
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# free_port VAR: a free loopback port, distinct from the ones already handed out in this run.
-free_port() {
-  local p i
-  for ((i = 0; i < 20; i++)); do
-    p=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-    if [[ " ${PORTS[*]} " != *" $p "* ]]; then
-      PORTS+=("$p")
-      printf -v "$1" '%s' "$p"
-      return
-    fi
-  done
-  die "no free port"
-}
-
-# wait_http URL STATUS SECONDS: until GET URL answers STATUS.
-wait_http() {
-  local url=$1 want=$2 secs=$3 deadline code
-  deadline=$((SECONDS + secs))
-  while ((SECONDS < deadline)); do
-    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" || true)
-    [[ $code == "$want" ]] && return 0
-    sleep 0.1
-  done
-  return 1
-}
+BENCH_FAIL_DIR=$RUN_DIR
 
 # --- 2. servers -------------------------------------------------------------------------------
 free_port UP_PORT
@@ -218,7 +148,9 @@ free_port REDIS_PORT
 free_port OP_PORT
 free_port GW_PORT
 free_port NGX_CG_PORT
+free_port APACHE_PORT
 GW="http://127.0.0.1:$GW_PORT"
+APACHE="http://127.0.0.1:$APACHE_PORT"
 
 nginx_conf() { # nginx_conf NAME WORKERS SERVER_BLOCKS
   local name=$1 workers=$2 body=$3 dir="$WORK/nginx-$1"
@@ -284,27 +216,11 @@ start_nginx proxy "$NGX_PORT" "${PROXY_CPU[@]}"
 log "nginx proxy_pass on $NGX_PORT"
 
 # (c) a private redis
-"${LOAD_CPU[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no \
-  --dir "$WORK" --logfile "$WORK/redis.log" &
-PIDS+=($!)
-REDIS_PID=$!
-deadline=$((SECONDS + 10))
-until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
-  ((SECONDS < deadline)) || die "redis did not start"
-  sleep 0.1
-done
-log "redis on $REDIS_PORT"
+start_redis "$REDIS_PORT" "${LOAD_CPU[@]}"
 
-# (d) the test OpenID Provider
-PORT=$OP_PORT CLIENT_ID=gw CLIENT_SECRET=gw-secret REDIRECT_URIS="$GW/oauth2/callback" ACCESS_TOKEN_TTL=3600 \
-  "${LOAD_CPU[@]}" node tests/op/provider.mjs >"$WORK/op.out" 2>"$WORK/op.log" &
-PIDS+=($!)
-deadline=$((SECONDS + 30))
-until grep -q "^READY http://127.0.0.1:$OP_PORT" "$WORK/op.out" 2>/dev/null; do
-  ((SECONDS < deadline)) || die "OP did not print READY; stderr: $(tail -5 "$WORK/op.log")"
-  sleep 0.1
-done
-log "OP on $OP_PORT"
+# (d) the test OpenID Provider (one client, registered for the gateway and for Apache)
+start_test_op "$OP_PORT" "$GW/oauth2/callback,$APACHE/oauth2/callback" \
+  env ACCESS_TOKEN_TTL=3600 "${LOAD_CPU[@]}"
 
 # (e) the gateway
 GW_PID=""
@@ -313,22 +229,7 @@ start_gateway() { # start_gateway memory|redis [BINARY [PREFIX...]]: PREFIX wrap
   shift $(($# > 1 ? 2 : 1))
   local prefix=("$@")
   [[ ${#prefix[@]} -gt 0 ]] || prefix=("${PROXY_CPU[@]}")
-  {
-    echo "listen = \"127.0.0.1:$GW_PORT\""
-    echo "public_url = \"$GW\""
-    echo "[oidc]"
-    echo "issuer = \"http://127.0.0.1:$OP_PORT\""
-    echo "client_id = \"gw\""
-    echo "client_secret = \"gw-secret\""
-    echo "[session]"
-    echo "store = \"$store\""
-    [[ $store == redis ]] && echo "redis_url = \"redis://127.0.0.1:$REDIS_PORT\""
-    echo "secret = \"gFgAXeFRbSs0IoM9EmKY5LVt1TM0MSrS7CFdQ9qSM6X/R1CSz4b+JAWNYMUR/BvA\""
-    echo "[[routes]]"
-    echo "prefix = \"/\""
-    echo "upstream = \"http://127.0.0.1:$UP_PORT\""
-    echo "unauthenticated = \"login\""
-  } >"$conf"
+  gateway_conf "$conf" "$GW_PORT" "$OP_PORT" "$store" "http://127.0.0.1:$UP_PORT" "$REDIS_PORT"
   PORTCULLIS_LOG=warn "${prefix[@]}" "$bin" --config "$conf" >>"$WORK/portcullis-$store.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
@@ -338,11 +239,109 @@ start_gateway() { # start_gateway memory|redis [BINARY [PREFIX...]]: PREFIX wrap
 
 stop_gateway() {
   [[ -n $GW_PID ]] || return 0
-  stop_pid "$GW_PID"
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$GW_PID" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
+  forget_pid "$GW_PID"
   GW_PID=""
+}
+
+# (f) Apache httpd + mod_auth_openidc (Debian packages), the relying party users compare with:
+# session in the same redis (OIDCCacheType redis, server-side session, cache entries encrypted
+# as by default for redis), the same OP and client, reverse proxy to the same upstream with
+# mod_proxy_http (backend connections reused). What reaches the upstream is kept close to what
+# Portcullis sends: the access token as `Authorization: Bearer`, the user in a header, no
+# per-claim headers (OIDCPassClaimsAs environment). event MPM with a thread for every
+# connection wrk opens, in as many processes as nginx has workers (one with BENCH_PIN=1).
+APACHE_PID=""
+apache_conf() { # apache_conf NAME PORT PROCESSES [USER]: USER: the whole server runs as USER
+  local name=$1 port=$2 procs=$3 as=${4:-} dir="$WORK/apache-$1" threads=$((CONNECTIONS + 8))
+  mkdir -p "$dir"
+  [[ -z $as ]] || chown "$as" "$dir"
+  cat >"$WORK/apache-$name.conf" <<EOF
+ServerRoot /usr/lib/apache2
+ServerName 127.0.0.1
+Listen 127.0.0.1:$port
+PidFile $dir/httpd.pid
+DefaultRuntimeDir $dir
+Mutex file:$dir default
+ErrorLog $dir/error.log
+LogLevel warn
+$([[ -z $as && $(id -u) -eq 0 ]] && printf 'User www-data\nGroup www-data')
+LoadModule mpm_event_module modules/mod_mpm_event.so
+LoadModule authn_core_module modules/mod_authn_core.so
+LoadModule authz_core_module modules/mod_authz_core.so
+LoadModule authz_user_module modules/mod_authz_user.so
+LoadModule headers_module modules/mod_headers.so
+LoadModule proxy_module modules/mod_proxy.so
+LoadModule proxy_http_module modules/mod_proxy_http.so
+LoadModule auth_openidc_module modules/mod_auth_openidc.so
+StartServers $procs
+ServerLimit $procs
+ThreadsPerChild $threads
+ThreadLimit $threads
+MaxRequestWorkers $((procs * threads))
+MinSpareThreads 1
+MaxSpareThreads $((procs * threads))
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 65
+
+OIDCProviderMetadataURL http://127.0.0.1:$OP_PORT/.well-known/openid-configuration
+OIDCClientID gw
+OIDCClientSecret gw-secret
+OIDCRedirectURI http://127.0.0.1:$port/oauth2/callback
+OIDCCryptoPassphrase gFgAXeFRbSs0IoM9EmKY5LVt1TM0MSrS7CFdQ9qSM6X
+OIDCScope "openid"
+OIDCPKCEMethod S256
+OIDCSessionType server-cache
+OIDCCacheType redis
+OIDCRedisCacheServer 127.0.0.1:$REDIS_PORT
+OIDCSessionInactivityTimeout 3600
+OIDCPassClaimsAs environment
+OIDCAuthNHeader X-Forwarded-User
+ProxyPass / http://127.0.0.1:$UP_PORT/
+<Location />
+    AuthType openid-connect
+    Require valid-user
+    RequestHeader set Authorization "Bearer %{OIDC_access_token}e"
+</Location>
+EOF
+}
+
+# start_apache [valgrind ARGS...]: under valgrind, one process (-X) that runs as www-data from
+# the start (setpriv execs, so APACHE_PID is valgrind's): a root Apache switches to its User
+# after valgrind started as root, and callgrind_control can then no longer reach it. CG_AS is
+# the prefix callgrind_control needs to reach it.
+CG_AS=()
+start_apache() {
+  local prefix=("${PROXY_CPU[@]}") args=() as="" name=bench
+  if [[ ${1:-} == valgrind ]]; then
+    args=(-X)
+    name=cg
+    if [[ $(id -u) -eq 0 ]]; then
+      as=www-data
+      CG_AS=(setpriv --reuid=www-data --regid=www-data --init-groups)
+      prefix=("${CG_AS[@]}")
+    fi
+    prefix+=("$@")
+  fi
+  apache_conf "$name" "$APACHE_PORT" "$PROXY_WORKERS" "$as"
+  APACHE_LOG="$WORK/apache-$name/error.log"
+  /usr/sbin/apache2 -t -f "$WORK/apache-$name.conf" >>"$WORK/apache-$name.out" 2>&1 \
+    || die "apache: bad config: $(tail -3 "$WORK/apache-$name.out")"
+  "${prefix[@]}" /usr/sbin/apache2 -f "$WORK/apache-$name.conf" -DFOREGROUND "${args[@]}" \
+    >>"$WORK/apache-$name.out" 2>&1 &
+  APACHE_PID=$!
+  PIDS+=("$APACHE_PID")
+  # Unauthenticated, the module answers a navigation with a redirect to the OP.
+  wait_http "$APACHE/" 302 120 || die "apache did not answer on $APACHE_PORT; log: $(tail -5 "$APACHE_LOG" "$WORK/apache-$name.out")"
+  log "apache + mod_auth_openidc on $APACHE_PORT, pid $APACHE_PID"
+}
+
+stop_apache() {
+  [[ -n $APACHE_PID ]] || return 0
+  forget_pid "$APACHE_PID"
+  APACHE_PID=""
+  cp "$APACHE_LOG" "$RUN_DIR/apache-$(basename "$(dirname "$APACHE_LOG")").log" 2>/dev/null || true
 }
 
 # --- 3. login with curl as a browser -------------------------------------------------------------
@@ -368,10 +367,14 @@ follow() {
 }
 
 COOKIE=""
+COOKIE_NAME=portcullis
+# login NAME [BASE [COOKIE]]: a browser login at BASE (the gateway by default) through the OP's
+# form; sets COOKIE to the value of the session cookie named COOKIE (portcullis by default).
 login() {
+  local base=${2:-$GW} name=${3:-portcullis}
   JAR="$WORK/jar-$1"
   rm -f "$JAR"
-  URL="$GW/"
+  URL="$base/"
   get "$URL"
   [[ $CODE == 302 ]] || die "login: GET / answered $CODE, expected 302"
   follow
@@ -387,22 +390,23 @@ login() {
   NEXT=${out#* }
   [[ $CODE == 303 ]] || die "login: POST $action answered $CODE"
   follow
-  [[ $CODE == 200 && $URL == "$GW/" ]] || die "login: ended at $URL with $CODE"
+  [[ $CODE == 200 && $URL == "$base/" ]] || die "login: ended at $URL with $CODE"
   [[ $(cat "$BODY_FILE") == ok ]] || die "login: unexpected body at $URL"
-  COOKIE=$(awk -F '\t' '$6 == "portcullis" { v = $7 } END { print v }' "$JAR")
-  [[ -n $COOKIE ]] || die "login: no portcullis cookie in the jar"
-  log "logged in ($1): cookie portcullis=${COOKIE:0:12}..."
+  COOKIE=$(awk -F '\t' -v n="$name" '$6 == n { v = $7 } END { print v }' "$JAR")
+  COOKIE_NAME=$name
+  [[ -n $COOKIE ]] || die "login: no $name cookie in the jar"
+  log "logged in ($1): cookie $name=${COOKIE:0:12}..."
 }
 
 # check URL: one request exactly as wrk sends it must get 200 "ok".
 check() {
   local out
-  out=$(curl -sS -m 5 -H "Cookie: portcullis=$COOKIE" -w ' %{http_code}' "$1") || die "check $1: curl failed"
+  out=$(curl -sS -m 5 -H "Cookie: $COOKIE_NAME=$COOKIE" -w ' %{http_code}' "$1") || die "check $1: curl failed"
   [[ $out == $'ok\n 200' ]] || die "check $1: expected 200 ok, got: $out"
 }
 
 # --- 4. wrk runs -----------------------------------------------------------------------------------
-declare -A RPS P50 P99 ERRS
+declare -A RPS P50 P99 ERRS REDIS_CMDS
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" --latency)
 
 # Converts wrk's "1.23ms" / "456.00us" / "1.02s" / "2.00m" into milliseconds.
@@ -478,11 +482,12 @@ measure() {
     PIDS+=("$stat_pid")
     sleep 0.2
   fi
+  [[ -z $extra ]] || redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
   t0=$(proc_ticks "$pid")
   e0=$([[ -n $extra ]] && proc_ticks "$extra" || echo 0)
   read -r -a m0 < <(machine_ticks)
   o0=$(our_ticks)
-  "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$DURATION" -H "Cookie: portcullis=$COOKIE" "$url" | tee "$out" >&2
+  "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$DURATION" -H "Cookie: $COOKIE_NAME=$COOKIE" "$url" | tee "$out" >&2
   if [[ -n $stat_pid ]]; then
     kill -INT "$stat_pid" 2>/dev/null || true
     wait "$stat_pid" 2>/dev/null || true
@@ -501,6 +506,13 @@ measure() {
   M_ERRS="${non2xx:+non-2xx/3xx: $non2xx; }${sock:+socket errors: $sock}"
   n=$(awk '/requests in/ { print $1 }' "$out")
   M_CPU=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  # What the store was asked per request (INFO's own call and the reset left out).
+  M_REDIS=""
+  if [[ -n $extra ]]; then
+    M_REDIS=$(redis-cli -p "$REDIS_PORT" INFO commandstats | awk -F'[:,=]' -v n="$n" '
+      /^cmdstat_/ { c = $1; sub("cmdstat_", "", c); if (c ~ /^(info|config)/) next
+        printf "%s%s %.2f", sep, toupper(c), $3 / n; sep = ", " }')
+  fi
   if [[ -n $extra ]]; then
     M_CPU+=" (+$(awk -v t=$((e1 - e0)) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }') redis)"
   fi
@@ -518,7 +530,7 @@ run() { # run NAME URL PID [EXTRA_PID]: PID is the process under test, EXTRA_PID
   for ((try = 0; try <= RETRIES; try++)); do
     wait_quiet "$name"
     if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
-      "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$WARMUP" -H "Cookie: portcullis=$COOKIE" "$url" >/dev/null
+      "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$WARMUP" -H "Cookie: $COOKIE_NAME=$COOKIE" "$url" >/dev/null
     fi
     log "wrk $name (try $((try + 1))): ${WRK_ARGS[*]} -d$DURATION $url"
     measure "$name" "$url" "$pid" "$extra" "$out.try$try"
@@ -526,6 +538,7 @@ run() { # run NAME URL PID [EXTRA_PID]: PID is the process under test, EXTRA_PID
     if [[ -z $best ]] || ((M_OTHERS < OTHERS[$name])); then
       best=$try
       RPS[$name]=$M_RPS P50[$name]=$M_P50 P99[$name]=$M_P99 ERRS[$name]=$M_ERRS CPU[$name]=$M_CPU
+      REDIS_CMDS[$name]=$M_REDIS
       OTHERS[$name]=$M_OTHERS
       cp "$out.try$try" "$out"
       if [[ -f $out.try$try.perf-stat.csv ]]; then
@@ -546,7 +559,11 @@ run() { # run NAME URL PID [EXTRA_PID]: PID is the process under test, EXTRA_PID
 
 # direct and nginx get a cookie of the same shape and size as a real session cookie (they
 # ignore it), so that every target parses the same request.
-COOKIE="v1.$(printf 'A%.0s' {1..43}).$(printf 'B%.0s' {1..43})"
+fake_cookie() {
+  COOKIE="v1.$(printf 'A%.0s' {1..43}).$(printf 'B%.0s' {1..43})"
+  COOKIE_NAME=portcullis
+}
+fake_cookie
 for target in $TARGETS; do
   case $target in
     direct) run direct "http://127.0.0.1:$UP_PORT/" "${NGINX_PID[upstream]}" ;;
@@ -561,6 +578,13 @@ for target in $TARGETS; do
       login "$target"
       if [[ $store == redis ]]; then run "$target" "$GW/" "$GW_PID" "$REDIS_PID"; else run "$target" "$GW/" "$GW_PID"; fi
       ;;
+    apache)
+      stop_gateway
+      start_apache
+      login apache "$APACHE" mod_auth_openidc_session
+      run apache "$APACHE/" "$APACHE_PID" "$REDIS_PID"
+      stop_apache
+      ;;
     *) die "unknown target $target" ;;
   esac
 done
@@ -572,7 +596,8 @@ ratio() { # ratio A B
 }
 declare -A LABELS=([direct]="direct to upstream (nginx return 200)" [nginx]="nginx proxy_pass (keepalive 64)"
   [memory]="portcullis, memory store" [redis]="portcullis, redis store"
-  [memory-base]="portcullis baseline, memory store" [redis-base]="portcullis baseline, redis store")
+  [memory-base]="portcullis baseline, memory store" [redis-base]="portcullis baseline, redis store"
+  [apache]="apache + mod_auth_openidc, redis session")
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null) ]]; then commit="$commit+dirty"; fi
@@ -582,12 +607,25 @@ table=$(
   echo
   echo "wrk ${WRK_ARGS[*]} -d$DURATION (warm-up $WARMUP); $(nproc) cores ($cpu), wrk and all servers on the same machine;"
   echo "$("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), nginx worker_processes $NGINX_WORKERS (proxy_pass: $PROXY_WORKERS)$([[ $PIN == 1 ]] && echo "; pinned: proxy under test on CPU 1, wrk + upstream + redis + OP on CPU 0"); $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
+  if [[ " $TARGETS " == *" apache "* ]]; then
+    echo "$(/usr/sbin/apache2 -v | sed -n 's/^Server version: //p') + mod_auth_openidc $(dpkg-query -W -f '${Version}' libapache2-mod-auth-openidc 2>/dev/null), event MPM, $PROXY_WORKERS process(es) × $((CONNECTIONS + 8)) threads;"
+  fi
   echo
   echo "| target | requests/s | p50 (ms) | p99 (ms) | vs nginx proxy_pass | vs direct | CPU µs/req of the process under test | other processes' CPU during the run | errors |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
   for target in $TARGETS; do
     echo "| ${LABELS[$target]} | ${RPS[$target]} | ${P50[$target]} | ${P99[$target]} | $(ratio "${RPS[$target]}" "${RPS[nginx]:-}") | $(ratio "${RPS[$target]}" "${RPS[direct]:-}") | ${CPU[$target]} | ${OTHERS[$target]}% (${TRIES[$target]} run$([[ ${TRIES[$target]} == 1 ]] || echo s)) | ${ERRS[$target]:-none} |"
   done
+  if [[ -n $(printf '%s' "${REDIS_CMDS[@]}") ]]; then
+    echo
+    echo "Redis commands per request during the measured run (INFO commandstats):"
+    echo
+    echo "| target | commands per request |"
+    echo "| --- | --- |"
+    for target in $TARGETS; do
+      if [[ -n ${REDIS_CMDS[$target]:-} ]]; then echo "| ${LABELS[$target]} | ${REDIS_CMDS[$target]} |"; fi
+    done
+  fi
   if [[ $PERF_STAT == 1 ]]; then
     echo
     echo "perf stat of the process under test during the measured run (the counting slows every target a little):"
@@ -614,19 +652,22 @@ CG_PID=""
 callgrind_run() {
   local name=$1 url=$2 out="$RUN_DIR/wrk-$1-callgrind.txt" n ir
   check "$url"
-  callgrind_control -i on "$CG_PID" >/dev/null
-  callgrind_control -z "$CG_PID" >/dev/null
-  "${LOAD_CPU[@]}" wrk -t1 -c8 -d"$CALLGRIND_DURATION" -H "Cookie: portcullis=$COOKIE" "$url" >"$out"
-  callgrind_control -i off "$CG_PID" >/dev/null
-  callgrind_control -d "$CG_PID" >/dev/null
+  "${CG_AS[@]}" callgrind_control -i on "$CG_PID" >/dev/null
+  # Switching instrumentation on makes valgrind translate the code again: one request first,
+  # so the slow first pass (seconds for Apache's modules) does not eat the counted run.
+  check "$url"
+  "${CG_AS[@]}" callgrind_control -z "$CG_PID" >/dev/null
+  "${LOAD_CPU[@]}" wrk -t1 -c8 -d"$CALLGRIND_DURATION" -H "Cookie: $COOKIE_NAME=$COOKIE" "$url" >"$out"
+  "${CG_AS[@]}" callgrind_control -i off "$CG_PID" >/dev/null
+  "${CG_AS[@]}" callgrind_control -d "$CG_PID" >/dev/null
   sleep 1
   n=$(awk '/requests in/ { print $1 }' "$out")
   # `totals:`, not `summary:`: after `callgrind_control -z` valgrind 3.19 writes an underflowed
   # summary (2^64 minus a little); the totals line is the sum of the events since the zeroing.
-  ir=$(cat "$WORK"/callgrind.out."$CG_PID"* 2>/dev/null | awk '/^totals:/ { t += $2 } END { print t + 0 }')
+  ir=$(cat "$CG_DIR"/callgrind.out."$CG_PID"* 2>/dev/null | awk '/^totals:/ { t += $2 } END { print t + 0 }')
   # Kept for `callgrind_annotate --inclusive=yes` (where the instructions go, per function).
-  cat "$WORK"/callgrind.out."$CG_PID".* >"$RUN_DIR/callgrind-$name.out" 2>/dev/null || true
-  rm -f "$WORK"/callgrind.out."$CG_PID"*
+  cat "$CG_DIR"/callgrind.out."$CG_PID".* >"$RUN_DIR/callgrind-$name.out" 2>/dev/null || true
+  rm -f "$CG_DIR"/callgrind.out."$CG_PID"*
   [[ -n $n && $n -gt 0 && -n $ir ]] || die "callgrind $name: no count (requests: ${n:-?})"
   IR[$name]=$(awk -v i="$ir" -v n="$n" 'BEGIN { printf "%.0f", i / n }')
   IRN[$name]=$n
@@ -634,7 +675,13 @@ callgrind_run() {
 }
 declare -A IR IRN
 if [[ $CALLGRIND == 1 ]]; then
-  VG=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p")
+  # Apache's process drops root for www-data before valgrind writes its dump: the dump
+  # directory is open to it (and WORK traversable).
+  CG_DIR="$WORK/callgrind"
+  mkdir -p "$CG_DIR"
+  chmod 1777 "$CG_DIR"
+  chmod 711 "$WORK"
+  VG=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CG_DIR/callgrind.out.%p")
   for target in $TARGETS; do
     case $target in
       nginx)
@@ -651,7 +698,7 @@ if [[ $CALLGRIND == 1 ]]; then
         CG_PID=$!
         PIDS+=("$CG_PID")
         wait_http "http://127.0.0.1:$NGX_CG_PORT/" 200 60 || die "nginx under callgrind did not answer"
-        COOKIE="v1.$(printf 'A%.0s' {1..43}).$(printf 'B%.0s' {1..43})"
+        fake_cookie
         callgrind_run nginx "http://127.0.0.1:$NGX_CG_PORT/"
         stop_pid "$CG_PID"
         ;;
@@ -665,6 +712,15 @@ if [[ $CALLGRIND == 1 ]]; then
         login "$target-cg"
         callgrind_run "$target" "$GW/"
         stop_gateway
+        ;;
+      apache)
+        stop_gateway
+        start_apache "${VG[@]}"
+        CG_PID=$APACHE_PID
+        login apache-cg "$APACHE" mod_auth_openidc_session
+        callgrind_run apache "$APACHE/"
+        stop_apache
+        CG_AS=()
         ;;
     esac
   done
@@ -683,7 +739,6 @@ if [[ $CALLGRIND == 1 ]]; then
   printf '%s\n' "$table" >>"$RESULTS_DIR/proxy.md"
 fi
 
-# --- optional profile ------------------------------------------------------------------------
 dur_secs() { # 10s, 2m, 30 -> seconds
   case $1 in
     *m) echo $((${1%m} * 60)) ;;
@@ -692,12 +747,90 @@ dur_secs() { # 10s, 2m, 30 -> seconds
   esac
 }
 
+# --- optional fixed-rate latency ------------------------------------------------------------------
+# wrk measures at saturation, where p99 is mostly queueing. What a user adds to a service is the
+# latency at a load it carries comfortably: every target gets the same fixed rate (by default
+# half of the memory store's requests/s measured above), sent by h2load --rps (nghttp2-client,
+# HTTP/1.1, BENCH_LATENCY_CLIENTS connections, each paced at rate/clients), and the latency of
+# every request comes from h2load's per-request log. h2load times a request from when it was
+# sent, not from when the pacing scheduled it (no coordinated-omission correction), which is why
+# the rate stays well below every target's saturation point.
+latency_run() { # latency_run NAME URL RATE: sets LAT[NAME] (a table row without the label)
+  local name=$1 url=$2 rate=$3 clients=$LATENCY_CLIENTS out="$RUN_DIR/h2load-$1" per
+  per=$(((rate + clients - 1) / clients))
+  check "$url"
+  wait_quiet "$name fixed-rate"
+  log "h2load $name: $clients clients × $per requests/s for $LATENCY_DURATION (after ${LATENCY_WARMUP} warm-up)"
+  "${LOAD_CPU[@]}" h2load --h1 -t1 -c"$clients" --rps="$per" -D"$LATENCY_DURATION" --warm-up-time="$LATENCY_WARMUP" \
+    -H "Cookie: $COOKIE_NAME=$COOKIE" --log-file="$out.log" "$url" >"$out.txt" 2>&1 \
+    || die "h2load $name failed: $(tail -3 "$out.txt")"
+  check "$url"
+  LAT[$name]=$(python3 bench/latency_stats.py "$out.log" "$(dur_secs "$LATENCY_DURATION")" "$rate") \
+    || die "h2load $name: no latencies"
+  P99_AT_RATE[$name]=$(awk -F' [|] ' '{ print $4 }' <<<"${LAT[$name]}")
+  log "h2load $name: ${LAT[$name]}"
+}
+
+declare -A LAT P99_AT_RATE
+if [[ $LATENCY == 1 ]]; then
+  command -v h2load >/dev/null 2>&1 || install_packages nghttp2-client
+  rate=${BENCH_LATENCY_RATE:-}
+  if [[ -z $rate ]]; then
+    [[ -n ${RPS[memory]:-} ]] || die "BENCH_LATENCY=1 without BENCH_LATENCY_RATE needs the memory target's wrk run"
+    rate=$(awk -v r="${RPS[memory]}" 'BEGIN { printf "%d", r / 2 }')
+  fi
+  for target in $LATENCY_TARGETS; do
+    case $target in
+      direct)
+        fake_cookie
+        latency_run direct "http://127.0.0.1:$UP_PORT/" "$rate"
+        ;;
+      nginx)
+        fake_cookie
+        latency_run nginx "http://127.0.0.1:$NGX_PORT/" "$rate"
+        ;;
+      memory | redis)
+        stop_gateway
+        start_gateway "$target"
+        login "$target-lat"
+        latency_run "$target" "$GW/" "$rate"
+        ;;
+      apache)
+        stop_gateway
+        start_apache
+        login apache-lat "$APACHE" mod_auth_openidc_session
+        latency_run apache "$APACHE/" "$rate"
+        stop_apache
+        ;;
+      *) die "unknown latency target $target" ;;
+    esac
+  done
+  stop_gateway
+  table=$(
+    echo
+    echo "Latency at a fixed rate (h2load --h1 -c$LATENCY_CLIENTS --rps, $LATENCY_DURATION after $LATENCY_WARMUP warm-up; rate: ${BENCH_LATENCY_RATE:-half the memory store wrk requests/s above}):"
+    echo
+    echo "| target | rate asked (req/s) | rate served | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | non-200 | p99 added vs direct (ms) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for target in $LATENCY_TARGETS; do
+      added="-"
+      if [[ -n ${P99_AT_RATE[direct]:-} && $target != direct ]]; then
+        added=$(awk -v a="${P99_AT_RATE[$target]}" -v b="${P99_AT_RATE[direct]}" 'BEGIN { printf "%+.3f", a - b }')
+      fi
+      echo "| ${LABELS[$target]} | ${LAT[$target]} | $added |"
+    done
+  )
+  printf '%s\n' "$table"
+  printf '%s\n' "$table" >>"$RESULTS_DIR/proxy.md"
+fi
+
+# --- optional profile ------------------------------------------------------------------------
 profile() { # profile NAME URL PID: one more wrk run, with `perf record` on PID (and its children)
   local name=$1 url=$2 pid=$3 secs pids wrk_pid data="$RUN_DIR/perf-$1.data" t0 t1 n us
   check "$url"
   wait_quiet "$name profile"
-  "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$WARMUP" -H "Cookie: portcullis=$COOKIE" "$url" >/dev/null
-  "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$DURATION" -H "Cookie: portcullis=$COOKIE" "$url" >"$RUN_DIR/wrk-$name-perf.txt" &
+  "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$WARMUP" -H "Cookie: $COOKIE_NAME=$COOKIE" "$url" >/dev/null
+  "${LOAD_CPU[@]}" wrk "${WRK_ARGS[@]}" -d"$DURATION" -H "Cookie: $COOKIE_NAME=$COOKIE" "$url" >"$RUN_DIR/wrk-$name-perf.txt" &
   wrk_pid=$!
   PIDS+=("$wrk_pid")
   secs=$(dur_secs "$DURATION")
@@ -724,7 +857,7 @@ profile() { # profile NAME URL PID: one more wrk run, with `perf record` on PID 
 
 if [[ $PERF == 1 ]]; then
   [[ " $TARGETS " == *" memory "* ]] || die "BENCH_PERF=1 needs the memory target"
-  COOKIE="v1.$(printf 'A%.0s' {1..43}).$(printf 'B%.0s' {1..43})"
+  fake_cookie
   [[ " $TARGETS " == *" nginx "* ]] && profile nginx "http://127.0.0.1:$NGX_PORT/" "${NGINX_PID[proxy]}"
   stop_gateway
   start_gateway memory
