@@ -3,8 +3,8 @@
 # installs what the tests need (redis-server, Node.js, Debian's chromium and the npm
 # packages of the test OP and of the browser test), checks formatting and lints, then runs
 # the unit and integration tests, lints the packaging (packaging/lint.sh), then the
-# real-browser test of `portcullis demo` (tests/browser). The tests start their own redis-server, OP and gateway processes on
-# free loopback ports.
+# real-browser test of `portcullis demo` (tests/browser). The tests start their own
+# redis-server, OP and gateway processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
