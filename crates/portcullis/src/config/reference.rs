@@ -140,6 +140,8 @@ fn place(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
 // writes down what was asked. A derived `Deserialize` names its fields to `deserialize_struct`
 // and its variants to `deserialize_enum`, so walking `Config` this way lists exactly the keys
 // `deny_unknown_fields` lets through, including secrets that are never serialized.
+// Not traced: `#[serde(flatten)]` fields (serde reads them from a buffered map, so the parent
+// shows as a `Map`) and `alias` spellings; no config struct uses either.
 
 /// Strings offered to a leaf until its type takes one (a duration, a URL, a socket address,
 /// a CIDR, anything). The walk restarts with the next sample for the leaf that refused.
