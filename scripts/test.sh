@@ -2,9 +2,9 @@
 # Runs every test of Portcullis on a fresh Debian machine or a developer's one:
 # installs what the tests need (redis-server, Node.js, Debian's chromium and the npm
 # packages of the test OP and of the browser test), checks formatting and lints, then runs
-# the unit and integration tests, then the real-browser test of `portcullis demo`
-# (tests/browser). The tests start their own redis-server, OP and gateway processes on
-# free loopback ports.
+# the unit and integration tests, lints the packaging (packaging/lint.sh), then the
+# real-browser test of `portcullis demo` (tests/browser). The tests start their own
+# redis-server, OP and gateway processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +19,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== packaging lint (packaging/lint.sh: Dockerfile, systemd unit, Kubernetes manifests)"
+# About 6 s; the first run on a machine also installs the pinned linters from PyPI (about 60 s).
+bash packaging/lint.sh
 echo "== browser test of the demo (tests/browser)"
 # cargo test builds the binary too, but only as a test dependency; build it explicitly
 # (a no-op when it is up to date) so the browser test runs what this tree contains.

@@ -1,5 +1,6 @@
 //! Command line: `portcullis [--config FILE]`, `portcullis check-config FILE`,
-//! `portcullis demo [OPTIONS]`, `portcullis dev-op [OPTIONS]`, `portcullis generate-secret`.
+//! `portcullis print-config [FILE]`, `portcullis healthcheck`, `portcullis demo [OPTIONS]`,
+//! `portcullis dev-op [OPTIONS]`, `portcullis generate-secret`.
 
 use std::path::PathBuf;
 
@@ -33,6 +34,22 @@ enum Command {
     DevOp(Box<portcullis_dev_op::DevOpArgs>),
     /// Print a new `session.secret`: 48 random bytes, base64.
     GenerateSecret,
+    /// Print the effective configuration as TOML: the file with environment overrides applied,
+    /// defaults filled in, secrets shown as "<redacted>".
+    PrintConfig {
+        /// The file to read (default: --config).
+        file: Option<PathBuf>,
+    },
+    /// GET /healthz on the running gateway (its `listen` address, or --url); exit 0 on 200.
+    /// For container health checks in images without curl.
+    Healthcheck {
+        /// Probe this address instead of the configuration's `listen` (e.g. 127.0.0.1:8080).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 impl Cli {
@@ -47,6 +64,21 @@ impl Cli {
             Command::GenerateSecret => {
                 println!("{}", portcullis::config::generate_secret());
                 Ok(())
+            }
+            Command::PrintConfig { file } => {
+                let file = file.unwrap_or(self.config);
+                let config = load(&file)?;
+                let text = toml::to_string(&config).context("writing the configuration as TOML")?;
+                println!("# {}: the effective configuration (environment overrides applied, secrets redacted)\n", file.display());
+                print!("{text}");
+                Ok(())
+            }
+            Command::Healthcheck { addr, timeout } => {
+                let addr = match addr {
+                    Some(addr) => addr,
+                    None => load(&self.config)?.listen,
+                };
+                crate::healthcheck::probe(addr, timeout)
             }
             Command::CheckConfig { file } => {
                 let config = load(&file)?;

@@ -7,6 +7,7 @@ mod cli;
 mod client_headers;
 mod demo;
 mod health;
+mod healthcheck;
 mod logging;
 mod proxy;
 mod routes;

@@ -182,7 +182,7 @@ pub struct OidcConfig {
     /// Client identifier registered at the OP.
     pub client_id: String,
     /// Client secret (or use `client_secret_file`).
-    #[serde(default, skip_serializing)]
+    #[serde(default, serialize_with = "redacted::secret")]
     pub client_secret: Option<String>,
     /// File holding the client secret; trailing newlines are trimmed.
     #[serde(default)]
@@ -258,17 +258,17 @@ pub struct SessionConfig {
     #[serde(default)]
     pub store: StoreKind,
     /// Redis URL, required when `store = "redis"`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "redacted::url")]
     pub redis_url: Option<String>,
     /// Key material (at least 32 bytes) for the cookie MAC and login binding.
-    #[serde(default, skip_serializing)]
+    #[serde(default, serialize_with = "redacted::secret")]
     pub secret: Option<String>,
     /// File holding `secret`.
     #[serde(default)]
     pub secret_file: Option<std::path::PathBuf>,
     /// Earlier secrets, still accepted for reading cookie-store sessions after a key rotation
     /// (new cookies are sealed with `secret`). Drop one once `absolute_timeout` has passed.
-    #[serde(default, skip_serializing)]
+    #[serde(default, serialize_with = "redacted::secrets")]
     pub previous_secrets: Vec<String>,
     /// Cookie name; gets the `__Host-` prefix when `public_url` is https.
     #[serde(default = "default_cookie_name")]
@@ -820,6 +820,8 @@ pub fn generate_secret() -> String {
 }
 
 mod builder;
+mod redacted;
+pub mod reference;
 mod secret_strength;
 
 pub use builder::ConfigBuilder;

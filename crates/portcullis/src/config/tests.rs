@@ -143,7 +143,8 @@ fn debug_redacts_every_secret() {
     ];
     for text in variants {
         let config = Config::from_toml_str(&text).unwrap();
-        for shown in [format!("{config:?}"), format!("{config:#?}")] {
+        // Serialized (print-config) as well as Debug.
+        for shown in [format!("{config:?}"), format!("{config:#?}"), serde_json::to_string(&config).unwrap()] {
             for secret in secrets {
                 assert!(!shown.contains(secret), "Debug shows {secret}: {shown}");
             }
