@@ -9,6 +9,7 @@ mod demo;
 mod health;
 mod logging;
 mod proxy;
+mod reload;
 mod routes;
 mod server;
 
