@@ -106,14 +106,14 @@ async fn sigterm_waits_for_a_refresh_in_flight_and_stores_its_tokens() {
     let answered = waiting.await.unwrap().expect("the request in flight is answered");
     assert_eq!(answered.status(), 503);
     expect_clean_exit(&mut pair.a, Duration::from_secs(10)).await;
-    let log = plain(&pair.a.log_text());
-    assert!(log.contains("refreshes_waited_for=1") && log.contains("refreshes_abandoned=0"), "{log}");
     pair.op.configure(json!({ "token_delay_ms": 0 })).await;
     let after = pair.call(&pair.b, "/api/after").await;
     assert_eq!(after.status(), 200, "{}", pair.b.log_text());
     let token = pair.upstream.last().and_then(|s| s.bearer).unwrap();
     assert_ne!(token, pair.first_token, "b serves the refreshed token");
     assert_eq!(pair.op.refresh_grants().await, 1, "one grant: a's, stored before it exited");
+    let log = plain(&pair.a.log_text());
+    assert!(log.contains("refreshes_waited_for=1") && log.contains("refreshes_abandoned=0"), "{log}");
 }
 
 /// A refresh still running at the drain deadline is abandoned and its lease released, so the
@@ -138,13 +138,13 @@ async fn a_refresh_past_the_drain_deadline_is_abandoned_and_its_lease_released()
     pair.a.terminate();
     let _ = waiting.await;
     expect_clean_exit(&mut pair.a, Duration::from_secs(5)).await;
-    let log = plain(&pair.a.log_text());
-    assert!(log.contains("refreshes_abandoned=1") && log.contains("leases_released=1"), "{log}");
     pair.op.configure(json!({ "token_delay_ms": 0 })).await;
     let started = Instant::now();
     let after = pair.call(&pair.b, "/api/after").await;
     assert_eq!(after.status(), 200, "{}", pair.b.log_text());
     assert!(started.elapsed() < Duration::from_secs(5), "b waited {:?} for the lease", started.elapsed());
+    let log = plain(&pair.a.log_text());
+    assert!(log.contains("refreshes_abandoned=1") && log.contains("leases_released=1"), "{log}");
 }
 
 /// A gateway with one `allow` route to `upstream`, and a real OP (so `/readyz` is 200 first).
