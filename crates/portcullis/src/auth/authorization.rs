@@ -252,6 +252,11 @@ impl GlobalRules {
         self.0.load_full()
     }
 
+    /// The rules in force now, without an `Arc` clone: for the per-request read.
+    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<AuthorizationRules>> {
+        self.0.load()
+    }
+
     /// Puts `rules` in force for every request judged from now on.
     pub fn store(&self, rules: AuthorizationRules) {
         self.0.store(Arc::new(rules));
@@ -372,7 +377,7 @@ where
             .or(route.as_ref().map(|r| r.unauthenticated))
             .unwrap_or(Unauthenticated::Login);
         let caller = req.extensions().get::<Caller>().cloned();
-        let verdict = decide(caller.as_ref(), &self.global.load(), route.as_deref(), None, policy);
+        let verdict = decide(caller.as_ref(), &self.global.current(), route.as_deref(), None, policy);
         Box::pin(async move {
             match (verdict, caller) {
                 (Verdict::Pass, _) | (_, None) => inner.call(req).await,

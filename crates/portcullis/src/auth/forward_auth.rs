@@ -275,7 +275,7 @@ pub(crate) async fn handle(State(state): State<ForwardAuth>, req: Request<Body>)
                 tracing::warn!(user = %caller.identity().user, method = %original.method, uri = %path_of(&original.uri), "forward-auth: cross-site request refused");
                 Failure::cross_site().respond(kind)
             } else {
-                match authorization::decide(Some(caller), &state.global.load(), route, extra.as_ref(), policy) {
+                match authorization::decide(Some(caller), &state.global.current(), route, extra.as_ref(), policy) {
                     Verdict::Pass => granted(original.contract, Some(caller), headers),
                     Verdict::Anonymous(refusal) => {
                         authorization::log_refusal(caller, route, &refusal, true);
