@@ -67,6 +67,16 @@ impl Pair {
         Self { op, upstream, _redis: redis, a, b, cookie, first_token }
     }
 
+    /// Waits until the OP has received a refresh grant (counted on arrival, before its delay):
+    /// the refresh task holds the lease and waits for the answer.
+    async fn grant_sent(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.op.refresh_grants().await == 0 {
+            assert!(Instant::now() < deadline, "no refresh grant reached the OP:\n{}", self.a.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn call(&self, gateway: &Gateway, path: &str) -> reqwest::Response {
         reqwest::Client::new()
             .get(format!("{}{path}", gateway.url()))
@@ -100,7 +110,7 @@ async fn sigterm_waits_for_a_refresh_in_flight_and_stores_its_tokens() {
             reqwest::Client::new().get(format!("{url}/api/during")).header("cookie", format!("portcullis={cookie}")).send().await
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    pair.grant_sent().await;
     pair.a.terminate();
     // The request in flight gets its answer (503 at max_wait, session kept).
     let answered = waiting.await.unwrap().expect("the request in flight is answered");
@@ -134,7 +144,7 @@ async fn a_refresh_past_the_drain_deadline_is_abandoned_and_its_lease_released()
             reqwest::Client::new().get(format!("{url}/api/during")).header("cookie", format!("portcullis={cookie}")).send().await
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    pair.grant_sent().await;
     pair.a.terminate();
     let _ = waiting.await;
     expect_clean_exit(&mut pair.a, Duration::from_secs(5)).await;
