@@ -51,7 +51,8 @@ pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, re
     });
     // Innermost first. Authorization: the global and the route's rules on the caller the auth
     // layer found (its current identity, re-read per request, so a refresh's claims count).
-    let authorized = AuthorizeLayer::new(config.authorization.clone()).layer(forward);
+    // The global rules are the authenticator's live ones: a reload replaces them.
+    let authorized = AuthorizeLayer::new(auth.global_rules()).layer(forward);
     // Authentication: cookie → session (refreshing if due), the route's policy without one.
     let authenticated = AuthLayer::new(auth.clone(), Unauthenticated::Login).layer(authorized);
     // Routing: the route, its policy and its config as request extensions, or 404.
@@ -59,7 +60,7 @@ pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, re
 
     // Forward-auth: the original URI's route picked here, the answer given by the library.
     let forward_auth_routing = Arc::new(ForwardAuthRouting { table, paths: canonical_path::Settings::new(config) });
-    let forward_auth = portcullis::auth::forward_auth_routes(auth.clone(), config.authorization.clone())
+    let forward_auth = portcullis::auth::forward_auth_routes(auth.clone(), auth.global_rules())
         .route_layer(middleware::from_fn_with_state(forward_auth_routing, forward_auth_route));
 
     let routed = Router::new()

@@ -23,7 +23,8 @@ pub(crate) struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
-    /// Validate a configuration file and exit; names the key and the problem on error.
+    /// Validate a configuration file and exit; names the key and the problem on error. Checks
+    /// exactly what startup and a reload (SIGHUP) check, environment overrides included.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
@@ -57,7 +58,7 @@ impl Cli {
         match self.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = load(&self.config)?;
-                runtime()?.block_on(crate::server::run(config))
+                runtime()?.block_on(crate::server::run(config, self.config))
             }
             Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
             Command::DevOp(args) => runtime()?.block_on(dev_op(*args)),
@@ -111,13 +112,7 @@ async fn dev_op(args: portcullis_dev_op::DevOpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one validation of startup, `check-config` and SIGHUP (`reload::load`).
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    if !path.exists() {
-        anyhow::bail!("configuration file {} not found (pass --config FILE)", path.display());
-    }
-    let config = Config::load(path).with_context(|| format!("invalid configuration in {}", path.display()))?;
-    crate::routes::check_prefixes(&config.routes)
-        .map_err(|e| anyhow::anyhow!(e))
-        .with_context(|| format!("invalid configuration in {}", path.display()))?;
-    Ok(config)
+    crate::reload::load(path)
 }

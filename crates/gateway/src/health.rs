@@ -1,10 +1,15 @@
 //! `/healthz` (the process answers) and `/readyz` (it can log users in and serve sessions).
 //!
+//! While the gateway shuts down (SIGTERM/SIGINT), `/readyz` answers 503 `{"draining": true}`.
+//!
 //! `/readyz` is public (load balancers probe it without credentials), so it says only *which*
 //! dependency is down. The reason (a Redis error naming host and port, an authentication
 //! failure) goes to the log at warn, once per change of state rather than once per probe.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use axum::{Json, extract::State, response::IntoResponse};
 use http::StatusCode;
@@ -19,11 +24,19 @@ pub(crate) struct Readiness {
     /// The last store error logged (`None`: the store answered last time), so a probe every
     /// second against a dead Redis logs once, and the recovery once.
     last_store_error: Arc<Mutex<Option<String>>>,
+    /// Set at SIGTERM/SIGINT: from then on `/readyz` answers 503 whatever the dependencies
+    /// say, so a load balancer stops sending new requests while the ones in flight finish.
+    draining: Arc<AtomicBool>,
 }
 
 impl Readiness {
     pub(crate) fn new(provider: ProviderHandle, redis: Option<Arc<RedisStore>>) -> Self {
-        Self { provider, redis, last_store_error: Arc::default() }
+        Self { provider, redis, last_store_error: Arc::default(), draining: Arc::default() }
+    }
+
+    /// The gateway is shutting down: not ready any more, for good.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Logs a change of the store's state: the error at warn, the recovery at info.
@@ -51,6 +64,9 @@ pub(crate) async fn healthz() -> &'static str {
 /// Readiness: the OP has been discovered and the store answers. The body names the
 /// dependencies and their state only (`ok` or `unavailable`), never an error text.
 pub(crate) async fn readyz(State(ready): State<Readiness>) -> impl IntoResponse {
+    if ready.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "draining": true })));
+    }
     let provider = ready.provider.get().is_some();
     let store = match &ready.redis {
         Some(redis) => redis.ping().await.map_err(|e| e.to_string()),

@@ -10,6 +10,7 @@ mod health;
 mod healthcheck;
 mod logging;
 mod proxy;
+mod reload;
 mod routes;
 mod server;
 

@@ -1,10 +1,22 @@
 //! Starting and stopping the gateway.
 //!
 //! [`serve`] runs one gateway on a listener the caller bound, until the caller's shutdown
-//! future resolves; [`run`] is the binary's use of it (bind `listen`, stop on SIGINT/SIGTERM).
-//! `portcullis demo` calls [`serve`] once per gateway instance, all in one process.
+//! future resolves; [`run`] is the binary's use of it (bind `listen`, reload on SIGHUP, stop on
+//! SIGINT/SIGTERM). `portcullis demo` calls [`serve`] once per gateway instance, all in one
+//! process.
+//!
+//! Stopping, in order (each step logged at info):
+//! 1. The signal: `/readyz` answers 503 at once; everything else is still served for
+//!    `server.shutdown_delay` (0 by default), so a load balancer probing readiness stops
+//!    sending before connections are refused.
+//! 2. The listener closes (new connections are refused); every connection is asked to finish
+//!    after its response in flight (HTTP/1) or gets GOAWAY (HTTP/2).
+//! 3. Requests and refresh tasks in flight finish, until `server.drain_timeout` after step 2.
+//!    Then open connections are closed, refresh tasks still running are abandoned, and the
+//!    leases they held released, so another instance takes the session's refresh over at once.
+//! 4. Exit 0. A second SIGINT/SIGTERM during 1–3 exits at once (status 1).
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 
@@ -13,20 +25,27 @@ use portcullis::{
     config::{Config, StoreKind},
     session::{Lifetimes, MemoryStore, RedisStore, SessionStore},
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 
 use crate::{
     app,
     health::Readiness,
+    reload::{Live, Reloader},
     routes::{LiveRoutes, RouteTable},
 };
 
 mod connections;
 
-/// Runs until SIGINT/SIGTERM, then drains in-flight requests.
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs until SIGINT/SIGTERM, then drains in-flight requests; SIGHUP reloads `path`.
+pub(crate) async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let listener = bind(config.listen).await?;
-    serve(config, listener, shutdown_signal()).await
+    // Before serving: SIGHUP's default action ends the process.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let gateway = build(&config)?;
+    let reloads = tokio::spawn(Reloader::new(path, config.clone(), gateway.live.clone()).on_sighup(hangup));
+    let result = serve_built(config, listener, gateway, shutdown_signal()).await;
+    reloads.abort();
+    result
 }
 
 /// Binds a loopback or configured address, naming it on failure.
@@ -41,18 +60,54 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (router, discovery) = build(&config)?;
+    let gateway = build(&config)?;
+    serve_built(config, listener, gateway, shutdown).await
+}
+
+/// A gateway ready to serve: its router, and the handles its lifecycle needs.
+struct Built {
+    router: crate::boundary::Gateway,
+    discovery: tokio::task::JoinHandle<()>,
+    readiness: Readiness,
+    /// What a reload replaces.
+    live: Live,
+}
+
+async fn serve_built(
+    config: Config,
+    listener: TcpListener,
+    gateway: Built,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Built { router, discovery, readiness, live } = gateway;
     tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url, store = ?config.session.store, routes = config.routes.len(), "portcullis listening");
-    connections::serve(listener, router, &config.server, shutdown).await;
+    // When the listener closed: the drain deadline of the refresh tasks counts from there, as
+    // the connections' does.
+    let closed_at = Arc::new(std::sync::OnceLock::new());
+    let stopping = {
+        let (closed_at, delay, public_url) = (closed_at.clone(), config.server.shutdown_delay, config.public_url.clone());
+        async move {
+            shutdown.await;
+            readiness.start_draining();
+            tracing::info!(%public_url, shutdown_delay = ?delay, "shutting down: /readyz answers 503");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let _ = closed_at.set(Instant::now());
+        }
+    };
+    connections::serve(listener, router, &config.server, stopping).await;
+    let deadline = closed_at.get().copied().unwrap_or_else(Instant::now) + config.server.drain_timeout;
+    let report = live.auth.drain(deadline).await;
     // Discovery retries forever while the OP is down; a stopped gateway has no use for it
     // (in the demo, other gateways go on running in the same process).
     discovery.abort();
-    tracing::info!(public_url = %config.public_url, "portcullis stopped");
+    tracing::info!(public_url = %config.public_url, refreshes_waited_for = report.running_at_start, refreshes_abandoned = report.abandoned, leases_released = report.leases_released, "portcullis stopped");
     Ok(())
 }
 
 /// The store, the OP handle (discovered in the background) and the router.
-fn build(config: &Config) -> anyhow::Result<(crate::boundary::Gateway, tokio::task::JoinHandle<()>)> {
+fn build(config: &Config) -> anyhow::Result<Built> {
     let lifetimes = Lifetimes { idle: config.session.idle_timeout, absolute: config.session.absolute_timeout };
     let (store, redis): (Arc<dyn SessionStore>, _) = match config.session.store {
         // The cookie store keeps sessions in the browser; pending logins stay in memory.
@@ -68,11 +123,24 @@ fn build(config: &Config) -> anyhow::Result<(crate::boundary::Gateway, tokio::ta
     let discovery = provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
     let auth = Authenticator::new(config, store, provider.clone());
     let routes = LiveRoutes::new(RouteTable::new(&config.routes));
-    Ok((app::router(config, routes, auth, Readiness::new(provider, redis)), discovery))
+    let readiness = Readiness::new(provider, redis);
+    let live = Live { routes: routes.clone(), auth: auth.clone() };
+    let router = app::router(config, routes, auth, readiness.clone());
+    Ok(Built { router, discovery, readiness, live })
 }
 
-/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM. From then on, a second one ends the
+/// process at once: an operator who does not want to wait for the drain is not made to.
 pub(crate) async fn shutdown_signal() {
+    one_signal().await;
+    tokio::spawn(async {
+        one_signal().await;
+        tracing::warn!("second stop signal: exiting without waiting for the drain");
+        std::process::exit(1);
+    });
+}
+
+async fn one_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -145,6 +145,13 @@ pub struct ServerConfig {
     /// `;` path parameters (`/a;jsessionid=1/b`): refused with 400, or passed as they are.
     #[serde(default)]
     pub path_parameters: PathParameters,
+    /// On SIGTERM/SIGINT, `/readyz` answers 503 this long before the listener closes (see
+    /// `config/lifecycle.rs`).
+    #[serde(default = "lifecycle::default_shutdown_delay", with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// Once the listener is closed, requests and refreshes in flight get this long to finish.
+    #[serde(default = "lifecycle::default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -158,6 +165,8 @@ impl Default for ServerConfig {
             h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
             allowed_upgrades: default_allowed_upgrades(),
             path_parameters: PathParameters::default(),
+            shutdown_delay: lifecycle::default_shutdown_delay(),
+            drain_timeout: lifecycle::default_drain_timeout(),
         }
     }
 }
@@ -266,8 +275,9 @@ pub struct SessionConfig {
     /// File holding `secret`.
     #[serde(default)]
     pub secret_file: Option<std::path::PathBuf>,
-    /// Earlier secrets, still accepted for reading cookie-store sessions after a key rotation
-    /// (new cookies are sealed with `secret`). Drop one once `absolute_timeout` has passed.
+    /// Earlier secrets, still accepted for the session cookies, cookie-store sessions and
+    /// pending logins made with them after a key rotation (new ones are made with `secret`).
+    /// Drop one once `absolute_timeout` has passed. Reloadable (SIGHUP).
     #[serde(default, serialize_with = "redacted::secrets")]
     pub previous_secrets: Vec<String>,
     /// Cookie name; gets the `__Host-` prefix when `public_url` is https.
@@ -730,6 +740,7 @@ impl Config {
         if server.max_header_bytes < 8192 {
             return Err(invalid("server.max_header_bytes", "must be at least 8192"));
         }
+        lifecycle::validate(server)?;
         if server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be above zero"));
         }
@@ -820,6 +831,7 @@ pub fn generate_secret() -> String {
 }
 
 mod builder;
+mod lifecycle;
 mod redacted;
 pub mod reference;
 mod secret_strength;

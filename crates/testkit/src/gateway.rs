@@ -25,6 +25,8 @@ pub struct GatewayOptions {
     pub public_url: Option<String>,
     /// Environment variables for the process (`PORTCULLIS_OIDC__HTTP_TIMEOUT`, …).
     pub env: Vec<(String, String)>,
+    /// `session.secret`.
+    pub secret: String,
 }
 
 impl GatewayOptions {
@@ -39,18 +41,20 @@ impl GatewayOptions {
             extra: String::new(),
             public_url: None,
             env: Vec::new(),
+            secret: "or9UtaSFLwIWWCKa2M8yYFbdgSrKZIR1sOASg3as6p0xWE9bgkwx7YJudagrJOcd".into(),
         }
     }
 
     fn toml(&self) -> String {
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{public_url}\"\n\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\n[session]\nstore = \"{store}\"\nsecret = \"or9UtaSFLwIWWCKa2M8yYFbdgSrKZIR1sOASg3as6p0xWE9bgkwx7YJudagrJOcd\"\n",
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{public_url}\"\n\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\n[session]\nstore = \"{store}\"\nsecret = \"{session_secret}\"\n",
             port = self.port,
             public_url = self.public_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", self.port)),
             issuer = self.issuer,
             id = crate::op::CLIENT_ID,
             secret = crate::op::CLIENT_SECRET,
             store = self.store,
+            session_secret = self.secret,
         );
         if let Some(url) = &self.redis_url {
             text.push_str(&format!("redis_url = \"{url}\"\n"));
@@ -129,6 +133,37 @@ impl Gateway {
             let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
             assert!(status.success());
         }
+    }
+
+    /// The generated config file: a test rewrites it, then sends SIGHUP.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("portcullis.toml")
+    }
+
+    /// Sends `signal` (as `kill` spells it: `-HUP`, `-TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+            assert!(status.success(), "kill {signal} {pid}");
+        }
+    }
+
+    /// Waits for the process to exit, at most `timeout`; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        tokio::time::timeout(timeout, child.wait()).await.ok().map(|status| status.expect("wait for portcullis"))
+    }
+
+    /// Waits until the log holds `needle` `count` times or more, at most `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.log_text().matches(needle).count() < count {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        true
     }
 
     /// Kills the process at once (SIGKILL), as a crash or an OOM kill would.

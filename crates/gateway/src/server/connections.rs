@@ -22,7 +22,8 @@
 //! - Errors on one connection are logged at debug and end that connection only; an `accept`
 //!   error such as EMFILE backs off (50 ms doubling to 1 s) instead of spinning.
 //! - Shutdown: stop accepting (the listener is closed), ask every connection to finish
-//!   gracefully (HTTP/1: after the response in flight; HTTP/2: GOAWAY), wait for them.
+//!   gracefully (HTTP/1: after the response in flight; HTTP/2: GOAWAY), wait for them at most
+//!   `server.drain_timeout`, then close what is left.
 
 use std::{
     convert::Infallible,
@@ -58,7 +59,7 @@ use tokio::{
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Accepts and serves connections on `listener` until `shutdown` resolves, then waits for the
-/// connections in flight to finish.
+/// connections in flight to finish, at most `server.drain_timeout`.
 pub(super) async fn serve(
     listener: TcpListener,
     router: Gateway,
@@ -107,8 +108,16 @@ pub(super) async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    tracing::debug!(connections = connections.len(), "not accepting; waiting for connections in flight");
-    while connections.join_next().await.is_some() {}
+    let in_flight = connections.len();
+    tracing::info!(connections = in_flight, drain_timeout = ?limits.drain_timeout, "not accepting; waiting for connections in flight");
+    let drained = tokio::time::timeout(limits.drain_timeout, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        // Past the drain timeout: whatever is still open (a long download, a WebSocket, a
+        // request waiting on a slow upstream) is cut, so the process exits before the
+        // orchestrator's SIGKILL would cut it anyway, and after the leases are released.
+        tracing::warn!(connections = connections.len(), "drain timeout: closing the connections still open");
+        connections.shutdown().await;
+    }
 }
 
 fn is_connection_error(e: &io::Error) -> bool {

@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     pub(crate) login_timeout: Duration,
     pub(crate) refresh: RefreshConfig,
     pub(crate) bearer: BearerValidator,
+    /// `[authorization]`, replaceable by a reload (`reload.rs`).
+    pub(crate) authorization: super::authorization::GlobalRules,
 }
 
 impl Authenticator {
@@ -93,6 +95,7 @@ impl Authenticator {
     /// pending logins.
     pub fn new(config: &Config, store: Arc<dyn SessionStore>, provider: ProviderHandle) -> Self {
         let secret = config.session.secret.as_deref().unwrap_or_default().as_bytes();
+        let secrets = || std::iter::once(secret).chain(config.session.previous_secrets.iter().map(|s| s.as_bytes()));
         let stats = Arc::new(RefreshStats::default());
         let cookies = CookieSettings::new(&config.session.cookie_name, config.secure_cookies(), config.session.absolute_timeout);
         let cookie_sessions = (config.session.store == StoreKind::Cookie)
@@ -113,8 +116,8 @@ impl Authenticator {
                 stats.clone(),
             ),
             store,
-            codec: CookieCodec::new(secret),
-            login_sealer: LoginSealer::new(std::iter::once(secret).chain(config.session.previous_secrets.iter().map(|s| s.as_bytes()))),
+            codec: CookieCodec::with_secrets(secrets()),
+            login_sealer: LoginSealer::new(secrets()),
             cookies,
             provider,
             stats,
@@ -122,6 +125,7 @@ impl Authenticator {
             login_timeout: config.session.login_timeout,
             refresh: config.refresh.clone(),
             bearer: BearerValidator::new(config),
+            authorization: config.authorization.clone().into(),
         }))
     }
 

@@ -235,17 +235,58 @@ pub fn validate_rules(rules: &AuthorizationRules, key: &str) -> Result<(), (Stri
     Ok(())
 }
 
+/// The global rules in force, shared by every layer and endpoint that applies them, and
+/// replaced whole by a reload (SIGHUP): a request reads them once, so it is judged by the old
+/// rules or the new ones, never a mix.
+#[derive(Clone, Default)]
+pub struct GlobalRules(Arc<arc_swap::ArcSwap<AuthorizationRules>>);
+
+impl GlobalRules {
+    /// Rules starting at `rules`.
+    pub fn new(rules: AuthorizationRules) -> Self {
+        Self(Arc::new(arc_swap::ArcSwap::from_pointee(rules)))
+    }
+
+    /// The rules in force now.
+    pub fn load(&self) -> Arc<AuthorizationRules> {
+        self.0.load_full()
+    }
+
+    /// The rules in force now, without an `Arc` clone: for the per-request read.
+    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<AuthorizationRules>> {
+        self.0.load()
+    }
+
+    /// Puts `rules` in force for every request judged from now on.
+    pub fn store(&self, rules: AuthorizationRules) {
+        self.0.store(Arc::new(rules));
+    }
+}
+
+impl From<AuthorizationRules> for GlobalRules {
+    fn from(rules: AuthorizationRules) -> Self {
+        Self::new(rules)
+    }
+}
+
+impl std::fmt::Debug for GlobalRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.load().fmt(f)
+    }
+}
+
 /// Applies the global rules and the route's (an `Arc<RouteConfig>` request extension) to the
 /// request's [`Caller`]. Goes inside [`super::AuthLayer`], which puts the caller there.
 #[derive(Clone)]
 pub struct AuthorizeLayer {
-    global: Arc<AuthorizationRules>,
+    global: GlobalRules,
 }
 
 impl AuthorizeLayer {
-    /// With `global` applied to every caller (the config's `[authorization]`).
-    pub fn new(global: AuthorizationRules) -> Self {
-        Self { global: Arc::new(global) }
+    /// With `global` applied to every caller (the config's `[authorization]`, or a
+    /// [`GlobalRules`] handle a reload replaces).
+    pub fn new(global: impl Into<GlobalRules>) -> Self {
+        Self { global: global.into() }
     }
 }
 
@@ -261,7 +302,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 #[derive(Clone)]
 pub struct AuthorizeService<S> {
     inner: S,
-    global: Arc<AuthorizationRules>,
+    global: GlobalRules,
 }
 
 /// What to do with a request, decided from its extensions.
@@ -336,7 +377,7 @@ where
             .or(route.as_ref().map(|r| r.unauthenticated))
             .unwrap_or(Unauthenticated::Login);
         let caller = req.extensions().get::<Caller>().cloned();
-        let verdict = decide(caller.as_ref(), &self.global, route.as_deref(), None, policy);
+        let verdict = decide(caller.as_ref(), &self.global.current(), route.as_deref(), None, policy);
         Box::pin(async move {
             match (verdict, caller) {
                 (Verdict::Pass, _) | (_, None) => inner.call(req).await,

@@ -104,6 +104,11 @@ enum Next {
 }
 
 impl CookieSessions {
+    /// Replaces the sealing keys (newest first): a reload changed `session.previous_secrets`.
+    pub(crate) fn set_secrets<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) {
+        self.0.sealer.set_secrets(secrets);
+    }
+
     pub(crate) fn new(config: &Config, cookies: CookieSettings, provider: ProviderHandle, stats: Arc<RefreshStats>) -> Self {
         let current = config.session.secret.as_deref().unwrap_or_default().as_bytes();
         let secrets = std::iter::once(current).chain(config.session.previous_secrets.iter().map(|s| s.as_bytes()));

@@ -30,8 +30,8 @@ struct ReturnQuery {
 /// route's rules apply when the request carries its `Arc<RouteConfig>` (the gateway looks the
 /// route up from the original URI). Answers only requests carrying a
 /// [`ForwardedRequest`](super::ForwardedRequest): see `forward_auth.rs`.
-pub fn forward_auth_routes(auth: Authenticator, global: crate::config::AuthorizationRules) -> Router {
-    let state = super::forward_auth::ForwardAuth::new(auth, global);
+pub fn forward_auth_routes(auth: Authenticator, global: impl Into<super::authorization::GlobalRules>) -> Router {
+    let state = super::forward_auth::ForwardAuth::new(auth, global.into());
     Router::new()
         .route(super::forward_auth::FORWARD_AUTH_PATH, any(super::forward_auth::handle))
         .route("/oauth2/auth/{*original}", any(super::forward_auth::handle))

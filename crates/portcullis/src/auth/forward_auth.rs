@@ -206,14 +206,14 @@ pub fn query_rules(query: Option<&str>) -> AuthorizationRules {
 #[derive(Clone)]
 pub(crate) struct ForwardAuth {
     pub(crate) auth: Authenticator,
-    pub(crate) global: Arc<AuthorizationRules>,
+    pub(crate) global: authorization::GlobalRules,
     pub(crate) own_origin: Arc<str>,
 }
 
 impl ForwardAuth {
-    pub(crate) fn new(auth: Authenticator, global: AuthorizationRules) -> Self {
+    pub(crate) fn new(auth: Authenticator, global: authorization::GlobalRules) -> Self {
         let own_origin = cross_site::origin_of(&auth.0.public_url).into();
-        Self { auth, global: Arc::new(global), own_origin }
+        Self { auth, global, own_origin }
     }
 }
 
@@ -275,7 +275,7 @@ pub(crate) async fn handle(State(state): State<ForwardAuth>, req: Request<Body>)
                 tracing::warn!(user = %caller.identity().user, method = %original.method, uri = %path_of(&original.uri), "forward-auth: cross-site request refused");
                 Failure::cross_site().respond(kind)
             } else {
-                match authorization::decide(Some(caller), &state.global, route, extra.as_ref(), policy) {
+                match authorization::decide(Some(caller), &state.global.current(), route, extra.as_ref(), policy) {
                     Verdict::Pass => granted(original.contract, Some(caller), headers),
                     Verdict::Anonymous(refusal) => {
                         authorization::log_refusal(caller, route, &refusal, true);

@@ -70,30 +70,46 @@ impl std::fmt::Debug for LoginState {
 
 /// Seals and opens login states; older keys (from `session.previous_secrets`) still open, so a
 /// secret rotation does not break the logins in progress.
-#[derive(Clone, Debug)]
+/// The keys are swappable (a SIGHUP reload changes `previous_secrets`).
+#[derive(Clone)]
 pub(crate) struct LoginSealer {
-    keys: Vec<AeadKey>,
+    keys: std::sync::Arc<arc_swap::ArcSwap<Vec<AeadKey>>>,
+}
+
+impl std::fmt::Debug for LoginSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoginSealer({} keys)", self.keys.load().len())
+    }
+}
+
+fn login_keys<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Vec<AeadKey> {
+    let keys: Vec<AeadKey> = secrets.into_iter().map(|s| AeadKey::derive(s, "portcullis/login-state/v1")).collect();
+    assert!(!keys.is_empty(), "at least one session secret");
+    keys
 }
 
 impl LoginSealer {
     /// Keys derived from the session secrets, newest first.
     pub(crate) fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let keys: Vec<AeadKey> = secrets.into_iter().map(|s| AeadKey::derive(s, "portcullis/login-state/v1")).collect();
-        assert!(!keys.is_empty(), "at least one session secret");
-        Self { keys }
+        Self { keys: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(login_keys(secrets))) }
+    }
+
+    /// Replaces the keys (newest first) for every seal and open from now on.
+    pub(crate) fn set_secrets<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) {
+        self.keys.store(std::sync::Arc::new(login_keys(secrets)));
     }
 
     /// The cookie value: base64url of `<nonce><ciphertext+tag>`.
     pub(crate) fn seal(&self, login: &LoginState) -> String {
         let plain = serde_json::to_vec(login).expect("a login state always serializes");
-        crypto::b64(&self.keys[0].seal(&plain, AAD))
+        crypto::b64(&self.keys.load()[0].seal(&plain, AAD))
     }
 
     /// The login state, or `None` for anything this gateway did not seal as one (tampered,
     /// truncated, another deployment's, a retired key's).
     pub(crate) fn open(&self, value: &str) -> Option<LoginState> {
         let sealed = crypto::b64_decode(value)?;
-        let plain = self.keys.iter().find_map(|k| k.open(&sealed, AAD))?;
+        let plain = self.keys.load().iter().find_map(|k| k.open(&sealed, AAD))?;
         serde_json::from_slice(&plain).ok()
     }
 }

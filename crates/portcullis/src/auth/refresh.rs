@@ -29,7 +29,11 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 
-use super::{provider::ProviderHandle, stats::RefreshStats};
+use super::{
+    drain::{RefreshTasks, Ticket},
+    provider::ProviderHandle,
+    stats::RefreshStats,
+};
 use crate::{
     crypto,
     oidc::{Refreshed, TokenError},
@@ -94,11 +98,18 @@ pub(crate) struct Refresher {
     stats: Arc<RefreshStats>,
     // A std Mutex: held only to look up or insert a flight, never across an await.
     in_flight: Arc<Mutex<HashMap<SessionKey, Flight>>>,
+    /// The tasks running and the leases they hold: what a graceful shutdown waits for.
+    tasks: Arc<RefreshTasks>,
 }
 
 impl Refresher {
     pub(crate) fn new(store: Arc<dyn SessionStore>, provider: ProviderHandle, timing: Timing, stats: Arc<RefreshStats>) -> Self {
-        Self { store, provider, timing, stats, in_flight: Arc::default() }
+        Self { store, provider, timing, stats, in_flight: Arc::default(), tasks: Arc::default() }
+    }
+
+    /// The refresh tasks running in this process.
+    pub(crate) fn tasks(&self) -> &Arc<RefreshTasks> {
+        &self.tasks
     }
 
     /// Starts (or joins) the refresh of `key` and waits for its outcome, at most `max_wait`.
@@ -141,11 +152,15 @@ impl Refresher {
             let (registry, key, flight) = (self.in_flight.clone(), key.clone(), rx.clone());
             move || unregister(&registry, &key, &flight)
         });
-        tokio::spawn(async move {
+        let ticket = self.tasks.start(key);
+        let id = ticket.id();
+        let handle = tokio::spawn(async move {
             // Dropped however this task ends, a panic included: a flight left registered would
             // hand every later request of the session a dead channel until a restart.
             let registration = registration;
-            let outcome = task.run(seen).await;
+            let outcome = task.run(seen, &ticket).await;
+            // Done with the OP and the lease: a shutdown need not wait through the backoff below.
+            drop(ticket);
             match outcome {
                 Err(e) if !matches!(e, RefreshError::SessionEnded) => {
                     tracing::warn!(session = %task.key, error = %e, "token refresh failed; session kept");
@@ -165,6 +180,7 @@ impl Refresher {
                 }
             }
         });
+        self.tasks.set_abort(id, handle.abort_handle());
         (rx, false)
     }
 }
@@ -223,7 +239,7 @@ fn new_owner() -> String {
 }
 
 impl RefreshTask {
-    async fn run(&self, seen: Arc<SessionRecord>) -> Outcome {
+    async fn run(&self, seen: Arc<SessionRecord>, ticket: &Ticket) -> Outcome {
         let deadline = Instant::now() + self.timing.max_wait;
         // Watch before reading, so a write landing between the read and the wait wakes us.
         let mut changes = self.store.watch(&self.key);
@@ -235,11 +251,13 @@ impl RefreshTask {
             }
             let owner = new_owner();
             if self.store.try_lease(&self.key, &owner, self.timing.lease_ttl).await? {
+                ticket.holding(&owner);
                 let outcome = self.refresh_under_lease(&seen, &owner).await;
                 if let Err(e) = self.store.release_lease(&self.key, &owner).await {
                     // It lapses by itself within lease_ttl.
                     tracing::debug!(session = %self.key, error = %e, "lease release failed");
                 }
+                ticket.released();
                 return outcome;
             }
             if !waited_remotely {

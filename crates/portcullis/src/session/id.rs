@@ -1,6 +1,8 @@
 //! Session identifiers: the opaque value in the browser's cookie and the key the store uses.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
+
+use arc_swap::ArcSwap;
 
 use crate::crypto::{self, MacKey};
 
@@ -155,24 +157,51 @@ impl fmt::Debug for SealingKey {
 }
 
 /// Encodes ids into cookie values and back, checking the MAC before anything touches the store,
-/// so a forged or tampered cookie costs one HMAC and never a store lookup.
-#[derive(Clone, Debug)]
+/// so a forged or tampered cookie costs one HMAC per configured secret and never a store lookup.
+///
+/// Cookies are signed with the current `session.secret`; those signed with one of
+/// `session.previous_secrets` still decode, so a secret rotation logs nobody out. The keys are
+/// swappable ([`CookieCodec::set_secrets`], a SIGHUP reload), shared by every clone.
+#[derive(Clone)]
 pub struct CookieCodec {
-    mac: MacKey,
+    /// MAC keys, the current secret's first.
+    macs: Arc<ArcSwap<Vec<MacKey>>>,
+}
+
+impl fmt::Debug for CookieCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CookieCodec({} keys)", self.macs.load().len())
+    }
 }
 
 /// Version tag of the cookie format, so the format can change without misreading old cookies.
 const COOKIE_FORMAT: &str = "v1";
 
+fn mac_keys<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Vec<MacKey> {
+    let keys: Vec<MacKey> = secrets.into_iter().map(|s| MacKey::derive(s, "portcullis/session-cookie/v1")).collect();
+    assert!(!keys.is_empty(), "at least one session secret");
+    keys
+}
+
 impl CookieCodec {
     /// A codec keyed from the configured session secret.
     pub fn new(secret: &[u8]) -> Self {
-        Self { mac: MacKey::derive(secret, "portcullis/session-cookie/v1") }
+        Self::with_secrets([secret])
+    }
+
+    /// A codec signing with the first of `secrets` and accepting any of them.
+    pub fn with_secrets<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        Self { macs: Arc::new(ArcSwap::from_pointee(mac_keys(secrets))) }
+    }
+
+    /// Replaces the keys (current first) for every cookie encoded or decoded from now on.
+    pub fn set_secrets<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) {
+        self.macs.store(Arc::new(mac_keys(secrets)));
     }
 
     /// `v1.<id>.<mac>`, all URL-safe base64.
     pub fn encode(&self, id: &SessionId) -> String {
-        let tag = self.mac.sign(&id.0);
+        let tag = self.macs.load()[0].sign(&id.0);
         format!("{COOKIE_FORMAT}.{}.{}", crypto::b64(&id.0), crypto::b64(&tag))
     }
 
@@ -184,7 +213,7 @@ impl CookieCodec {
         };
         let id: [u8; 32] = crypto::b64_decode(id)?.try_into().ok()?;
         let tag = crypto::b64_decode(tag)?;
-        self.mac.verify(&id, &tag).then_some(SessionId(id))
+        self.macs.load().iter().any(|mac| mac.verify(&id, &tag)).then_some(SessionId(id))
     }
 }
 
@@ -194,6 +223,23 @@ mod tests {
 
     fn codec() -> CookieCodec {
         CookieCodec::new(b"0123456789abcdef0123456789abcdef")
+    }
+
+    /// A previous secret still opens its cookies; new ones are signed with the current secret;
+    /// a swap takes effect for the clones too.
+    #[test]
+    fn previous_secrets_decode_and_swap() {
+        let (old, new) = (b"0123456789abcdef0123456789abcdef".as_slice(), b"fedcba9876543210fedcba9876543210".as_slice());
+        let id = SessionId::generate();
+        let old_cookie = CookieCodec::new(old).encode(&id);
+        let codec = CookieCodec::new(new);
+        let clone = codec.clone();
+        assert_eq!(codec.decode(&old_cookie), None);
+        codec.set_secrets([new, old]);
+        assert_eq!(clone.decode(&old_cookie), Some(id.clone()));
+        assert_eq!(CookieCodec::new(new).decode(&clone.encode(&id)), Some(id.clone()), "signed with the current secret");
+        codec.set_secrets([new]);
+        assert_eq!(clone.decode(&old_cookie), None, "a secret dropped from the list stops opening");
     }
 
     #[test]

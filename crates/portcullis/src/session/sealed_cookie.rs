@@ -36,35 +36,44 @@ pub struct CookiePayload {
 /// a new secret in front and keeping the old ones until their cookies have expired.
 pub struct CookieSealer {
     /// `(key id, key)`, newest first. The key id is a fingerprint, so the order of old keys in
-    /// the config does not matter.
-    keys: Vec<([u8; 4], LessSafeKey)>,
+    /// the config does not matter. Swappable (a SIGHUP reload changes `previous_secrets`).
+    keys: arc_swap::ArcSwap<Vec<([u8; 4], LessSafeKey)>>,
 }
 
 impl std::fmt::Debug for CookieSealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CookieSealer({} keys)", self.keys.len())
+        write!(f, "CookieSealer({} keys)", self.keys.load().len())
     }
+}
+
+fn sealing_keys<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Vec<([u8; 4], LessSafeKey)> {
+    secrets
+        .into_iter()
+        .map(|secret| {
+            let material = MacKey::derive(secret, "portcullis/cookie-store/aes-256-gcm/v1").sign(b"key");
+            let id: [u8; 4] = crypto::sha256(&material)[..4].try_into().expect("4 bytes");
+            let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &material).expect("32-byte key"));
+            (id, key)
+        })
+        .collect()
 }
 
 impl CookieSealer {
     /// Keys derived from the session secrets, newest first.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let keys = secrets
-            .into_iter()
-            .map(|secret| {
-                let material = MacKey::derive(secret, "portcullis/cookie-store/aes-256-gcm/v1").sign(b"key");
-                let id: [u8; 4] = crypto::sha256(&material)[..4].try_into().expect("4 bytes");
-                let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &material).expect("32-byte key"));
-                (id, key)
-            })
-            .collect();
-        Self { keys }
+        Self { keys: arc_swap::ArcSwap::from_pointee(sealing_keys(secrets)) }
+    }
+
+    /// Replaces the keys (newest first) for every seal and open from now on.
+    pub fn set_secrets<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) {
+        self.keys.store(std::sync::Arc::new(sealing_keys(secrets)));
     }
 
     /// `s1.<key id><nonce><ciphertext+tag>` in URL-safe base64. A random 96-bit nonce per seal:
     /// AES-GCM stays safe for far more seals per key than a gateway makes (2^32).
     pub fn seal(&self, payload: &CookiePayload) -> String {
-        let (id, key) = &self.keys[0];
+        let keys = self.keys.load();
+        let (id, key) = &keys[0];
         let mut data = serde_json::to_vec(payload).expect("a cookie payload always serializes");
         let nonce: [u8; NONCE_LEN] = crypto::random_bytes();
         key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), &mut data).expect("sealing cannot fail");
@@ -84,7 +93,8 @@ impl CookieSealer {
         }
         let (id, rest) = bytes.split_at(4);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let (_, key) = self.keys.iter().find(|(kid, _)| kid == id)?;
+        let keys = self.keys.load();
+        let (_, key) = keys.iter().find(|(kid, _)| kid == id)?;
         let mut sealed = sealed.to_vec();
         let nonce = Nonce::assume_unique_for_key(nonce.try_into().ok()?);
         let plain = key.open_in_place(nonce, Aad::from(AAD), &mut sealed).ok()?;
