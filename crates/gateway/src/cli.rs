@@ -40,6 +40,7 @@ impl Cli {
         match self.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = load(&self.config)?;
+                crate::logging::configure(&config.log)?;
                 runtime()?.block_on(crate::server::run(config))
             }
             Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
@@ -87,5 +88,6 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     crate::routes::check_prefixes(&config.routes)
         .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("invalid configuration in {}", path.display()))?;
+    crate::logging::check(&config.log).with_context(|| format!("invalid configuration in {}", path.display()))?;
     Ok(config)
 }

@@ -52,7 +52,7 @@ pub(crate) async fn serve(
 }
 
 /// The store, the OP handle (discovered in the background) and the router.
-fn build(config: &Config) -> anyhow::Result<(crate::boundary::Gateway, tokio::task::JoinHandle<()>)> {
+fn build(config: &Config) -> anyhow::Result<(crate::access_log::AccessLog, tokio::task::JoinHandle<()>)> {
     let lifetimes = Lifetimes { idle: config.session.idle_timeout, absolute: config.session.absolute_timeout };
     let (store, redis): (Arc<dyn SessionStore>, _) = match config.session.store {
         // The cookie store keeps sessions in the browser; pending logins stay in memory.
@@ -68,7 +68,8 @@ fn build(config: &Config) -> anyhow::Result<(crate::boundary::Gateway, tokio::ta
     let discovery = provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
     let auth = Authenticator::new(config, store, provider.clone());
     let routes = LiveRoutes::new(RouteTable::new(&config.routes));
-    Ok((app::router(config, routes, auth, Readiness::new(provider, redis)), discovery))
+    let gateway = app::router(config, routes, auth, Readiness::new(provider, redis));
+    Ok((crate::access_log::AccessLog::new(config, gateway), discovery))
 }
 
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
