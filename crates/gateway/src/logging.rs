@@ -93,3 +93,33 @@ fn output(format: LogFormat) -> Output {
         LogFormat::Json => layer.json().flatten_event(true).boxed(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    /// One test for the whole global subscriber (a process has one): the filter follows
+    /// `set_level`, a bad filter is refused and the one in force stays.
+    #[test]
+    fn the_filter_is_replaced_at_run_time_and_a_bad_one_refused() {
+        init();
+        assert!(check(&LogConfig { level: "warn,portcullis::access=info".into(), ..LogConfig::default() }).is_ok());
+        let refused = check(&LogConfig { level: "info,portcullis=loud".into(), ..LogConfig::default() }).unwrap_err();
+        assert!(format!("{refused:#}").contains("log.level"), "{refused:#}");
+        if environment_filter().is_some() {
+            // PORTCULLIS_LOG / RUST_LOG set for this test run: it wins, by design.
+            set_level("error").unwrap();
+            return;
+        }
+        set_level("warn").unwrap();
+        assert!(tracing::enabled!(Level::WARN) && !tracing::enabled!(Level::INFO));
+        set_level("debug").unwrap();
+        assert!(tracing::enabled!(Level::DEBUG) && !tracing::enabled!(Level::TRACE));
+        assert!(set_level("debug,x=loud").is_err());
+        assert!(tracing::enabled!(Level::DEBUG), "the refused filter changed nothing");
+        configure(&LogConfig { format: LogFormat::Json, level: "warn".into() }).unwrap();
+        assert!(!tracing::enabled!(Level::INFO));
+    }
+}

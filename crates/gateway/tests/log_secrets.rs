@@ -396,3 +396,50 @@ async fn no_secret_in_text_logs_and_one_access_line_per_request() {
 async fn no_secret_in_json_logs_and_one_access_line_per_request() {
     run("json").await;
 }
+
+// --- The level: the config's, unless the environment says otherwise ----------------------
+
+/// A gateway whose OP is unreachable (discovery retries in the background; `/healthz` answers),
+/// configured with `level = "warn"`.
+async fn quiet_gateway(env_filter: &str) -> portcullis_testkit::Gateway {
+    let mut options = portcullis_testkit::GatewayOptions::new("http://127.0.0.1:9", "http://127.0.0.1:9");
+    options.extra = "[log]\nlevel = \"warn\"\n".into();
+    options.env = vec![("PORTCULLIS_LOG".into(), env_filter.into()), ("RUST_LOG".into(), String::new())];
+    portcullis_testkit::Gateway::start(common::BIN, &options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_level_applies_and_the_environment_overrides_it() {
+    let (quiet, loud) = tokio::join!(quiet_gateway(""), quiet_gateway("info"));
+    for gateway in [&quiet, &loud] {
+        let r = reqwest::get(format!("{}/healthz", gateway.url())).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (quiet, loud) = (quiet.log_text(), loud.log_text());
+    assert!(!quiet.contains("portcullis::access") && !quiet.contains(" INFO "), "level = \"warn\" is in force:\n{quiet}");
+    assert!(loud.contains("portcullis::access: request method=GET route=\"/healthz\" status=200"), "PORTCULLIS_LOG=info wins:\n{loud}");
+}
+
+#[test]
+fn check_config_refuses_a_bad_log_level() {
+    let dir = std::env::temp_dir().join(format!("portcullis-log-level-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("portcullis.toml");
+    let config = |level: &str| {
+        format!(
+            "public_url = \"http://127.0.0.1:8080\"\n[oidc]\nissuer = \"http://127.0.0.1:9000\"\nclient_id = \"gw\"\nclient_secret = \"gw-secret\"\n\
+             [session]\nsecret = \"or9UtaSFLwIWWCKa2M8yYFbdgSrKZIR1sOASg3as6p0xWE9bgkwx7YJudagrJOcd\"\n[log]\nformat = \"json\"\nlevel = \"{level}\"\n"
+        )
+    };
+    let check = |level: &str| {
+        std::fs::write(&file, config(level)).unwrap();
+        std::process::Command::new(common::BIN).arg("check-config").arg(&file).output().unwrap()
+    };
+    let good = check("warn,portcullis::access=info");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let bad = check("info,portcullis=loud");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("log.level"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,19 +10,16 @@ pub struct LogConfig {
     /// `text` (one human-readable line per event) or `json` (one JSON object per line).
     #[serde(default)]
     pub format: LogFormat,
-    /// Filter in `tracing` directive syntax: `info`, `warn,portcullis::access=info`,
-    /// `info,portcullis=debug`. Changed by a reload (SIGHUP).
+    /// Filter in `tracing` directive syntax: `info`, `info,portcullis=debug`. Access lines
+    /// (one per request) are target `portcullis::access` at `info`: `warn,portcullis::access=info`
+    /// keeps them alone, `info,portcullis::access=off` drops them. Changed by a reload (SIGHUP).
     #[serde(default = "default_level")]
     pub level: String,
-    /// One line per request (target `portcullis::access`, level `info`): method, route,
-    /// status, duration, user, request id.
-    #[serde(default = "default_access")]
-    pub access: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::default(), level: default_level(), access: default_access() }
+        Self { format: LogFormat::default(), level: default_level() }
     }
 }
 
@@ -39,8 +36,4 @@ pub enum LogFormat {
 
 fn default_level() -> String {
     "info".into()
-}
-
-fn default_access() -> bool {
-    true
 }
