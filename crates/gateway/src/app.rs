@@ -46,6 +46,7 @@ pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, re
         let proxy = proxy.clone();
         async move {
             let route = req.extensions().get::<Arc<Route>>().cloned().expect("select_route ran first");
+            crate::access_log::note_caller(&req);
             Ok::<_, std::convert::Infallible>(proxy.forward(&route, req).await)
         }
     });
@@ -83,6 +84,7 @@ async fn select_route(State(table): State<LiveRoutes>, mut req: Request, next: N
     };
     // The route's settings for the library's layers (policy, CSRF switch, bearer mode,
     // audiences, scopes, rules): one extension, read by each layer.
+    crate::access_log::note_route(&req, &route.config);
     req.extensions_mut().insert(route.config.clone());
     req.extensions_mut().insert(route);
     next.run(req).await

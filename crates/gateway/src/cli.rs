@@ -58,6 +58,7 @@ impl Cli {
         match self.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = load(&self.config)?;
+                crate::logging::configure(&config.log)?;
                 runtime()?.block_on(crate::server::run(config, self.config))
             }
             Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),

@@ -145,6 +145,9 @@ pub(crate) fn sanitize_from(settings: &Settings, headers: &mut HeaderMap, peer: 
         let n = name.as_str();
         if identity_headers::classify(n).is_some()
             || HOP_BY_HOP.iter().any(|h| same_name(n, h))
+            // The request id is the gateway's (`access_log` set `x-request-id` before the
+            // boundary): a client's `x_request_id` must not reach the upstream beside it.
+            || (n != "x-request-id" && same_name(n, "x-request-id"))
             || (any_nominated && nominated(&connection, n))
         {
             doomed.push(name.clone());

@@ -1,5 +1,6 @@
 //! `portcullis`: the OpenID Connect gateway.
 
+mod access_log;
 mod app;
 mod boundary;
 mod canonical_path;

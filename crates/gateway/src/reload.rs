@@ -46,6 +46,7 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Config> {
     crate::routes::check_prefixes(&config.routes)
         .map_err(|e| anyhow::anyhow!(e))
         .with_context(|| format!("invalid configuration in {}", path.display()))?;
+    crate::logging::check(&config.log).with_context(|| format!("invalid configuration in {}", path.display()))?;
     Ok(config)
 }
 

@@ -66,7 +66,7 @@ pub(crate) async fn serve(
 
 /// A gateway ready to serve: its router, and the handles its lifecycle needs.
 struct Built {
-    router: crate::boundary::Gateway,
+    router: crate::access_log::AccessLog,
     discovery: tokio::task::JoinHandle<()>,
     readiness: Readiness,
     /// What a reload replaces.
@@ -125,7 +125,8 @@ fn build(config: &Config) -> anyhow::Result<Built> {
     let routes = LiveRoutes::new(RouteTable::new(&config.routes));
     let readiness = Readiness::new(provider, redis);
     let live = Live { routes: routes.clone(), auth: auth.clone() };
-    let router = app::router(config, routes, auth, readiness.clone());
+    let gateway = app::router(config, routes, auth, readiness.clone());
+    let router = crate::access_log::AccessLog::new(config, gateway);
     Ok(Built { router, discovery, readiness, live })
 }
 

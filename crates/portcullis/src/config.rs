@@ -49,6 +49,9 @@ pub struct Config {
     /// Bearer-token validation for API clients (routes with `bearer = "jwt"` or `"introspect"`).
     #[serde(default)]
     pub bearer: BearerConfig,
+    /// Log output: format, filter, access lines.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// Rules a caller (browser session or bearer token) must satisfy. Every non-empty list must be
@@ -468,6 +471,10 @@ pub enum Unauthenticated {
 pub struct RouteConfig {
     /// Path prefix, starting with `/`; matched on segment boundaries, longest wins.
     pub prefix: String,
+    /// The route's name in access logs (and metrics): letters, digits, `_`, `-`, `.`; unset:
+    /// the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Upstream base URL (`http://` or `https://`).
     pub upstream: Url,
     /// What unauthenticated requests get.
@@ -505,6 +512,7 @@ impl RouteConfig {
     pub fn new(prefix: impl Into<String>, upstream: Url, unauthenticated: Unauthenticated) -> Self {
         Self {
             prefix: prefix.into(),
+            name: None,
             upstream,
             unauthenticated,
             csrf_protection: true,
@@ -516,6 +524,11 @@ impl RouteConfig {
             audiences: Vec::new(),
             required_scopes: Vec::new(),
         }
+    }
+
+    /// What the route is called in logs: its `name`, else its prefix.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.prefix)
     }
 }
 
@@ -775,6 +788,15 @@ impl Config {
             if !matches!(route.upstream.scheme(), "http" | "https") {
                 return Err(invalid(&format!("routes[{i}].upstream"), "must be an http(s) URL"));
             }
+            if let Some(name) = &route.name {
+                // A log field and a metrics label: no spaces, quotes or control characters.
+                if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+                    return Err(invalid(&format!("routes[{i}].name"), "1 to 64 letters, digits, '_', '-' or '.'"));
+                }
+                if self.routes[..i].iter().any(|r| r.name.as_ref() == Some(name)) {
+                    return Err(invalid(&format!("routes[{i}].name"), format!("duplicate name {name}")));
+                }
+            }
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
                 return Err(invalid(&format!("routes[{i}].prefix"), format!("duplicate prefix {}", route.prefix)));
             }
@@ -832,11 +854,13 @@ pub fn generate_secret() -> String {
 
 mod builder;
 mod lifecycle;
+mod logging;
 mod redacted;
 pub mod reference;
 mod secret_strength;
 
 pub use builder::ConfigBuilder;
+pub use logging::{LogConfig, LogFormat};
 
 #[cfg(test)]
 mod tests;

@@ -45,7 +45,7 @@ use hyper_util::{
 };
 use portcullis::config::ServerConfig;
 
-use crate::boundary::Gateway;
+use crate::access_log::AccessLog as Gateway;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},

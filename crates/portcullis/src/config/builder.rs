@@ -74,6 +74,7 @@ impl Config {
                 server: ServerConfig::default(),
                 authorization: AuthorizationRules::default(),
                 bearer: BearerConfig::default(),
+                log: LogConfig::default(),
             },
         }
     }
