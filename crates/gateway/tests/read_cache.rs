@@ -1,6 +1,6 @@
 //! The Redis store's read cache across gateway processes: three instances on one real Redis,
 //! the real OP (`oidc-provider`). A refresh through one instance is what the others forward
-//! next, a logout through one is refused by the others within a second although their copies
+//! next, a logout through one is refused by the others within 2 s although their copies
 //! would be served for 30 s, and the idle timeout still ends sessions.
 
 mod common;
@@ -78,17 +78,17 @@ fn rand_tag() -> String {
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
-/// 12 s tokens (due with 3 s left; copies served while 4 s are left, skew 1 s), copies kept
+/// 20 s tokens (due with 5 s left; copies served while more than 6 s are left, skew 1 s), copies kept
 /// up to 30 s. B and C call in a loop all along, A once after expiry. Whichever instance
 /// commits the refresh (the first call inside the leeway starts it), every call to any
 /// instance that starts after some call came back with the new token carries it, never the old
 /// one; one grant. Then
-/// a sign-out through A is refused by B and C within a second (their copies are fresh: only the
+/// a sign-out through A is refused by B and C within 2 s (their copies are fresh: only the
 /// notification can tell them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_and_logout_through_one_instance_reach_the_others() {
     let session = "idle_timeout = \"120s\"\n[session.read_cache]\nrenew_interval = \"30s\"\n";
-    let c = Arc::new(Cluster::start(3, OpOptions { access_token_ttl: 12, ..OpOptions::default() }, session, "1s").await);
+    let c = Arc::new(Cluster::start(3, OpOptions { access_token_ttl: 20, ..OpOptions::default() }, session, "1s").await);
     let (status, t1) = c.call(0, "first").await;
     assert_eq!(status, 200);
     let t1 = t1.expect("a token");
@@ -110,13 +110,13 @@ async fn refresh_and_logout_through_one_instance_reach_the_others() {
         }));
     }
     // Past expiry: A's request waits for the refresh (B and C may start it too: one grant).
-    tokio::time::sleep(Duration::from_millis(12_300)).await;
+    tokio::time::sleep(Duration::from_millis(20_300)).await;
     let (status, t2) = c.call(0, "refresh").await;
     let answered = Instant::now();
     assert_eq!(status, 200);
     let t2 = t2.expect("a token");
     assert_ne!(t2, t1, "A forwarded a refreshed token");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for l in loops {
         l.await.unwrap();
@@ -131,13 +131,13 @@ async fn refresh_and_logout_through_one_instance_reach_the_others() {
         .unwrap_or(answered)
         .min(answered);
     let after: Vec<_> = calls.iter().filter(|(started, ..)| *started > first_new).collect();
-    assert!(after.len() >= 20, "B and C kept calling after the refresh: {}", after.len());
+    assert!(after.len() >= 6, "B and C kept calling after the refresh: {}", after.len());
     for (_, _, i, token) in &after {
         assert_eq!(token.as_deref(), Some(t2.as_str()), "instance {i} forwarded another token than the committed refresh's");
     }
     assert!(calls.iter().all(|(.., t)| t.as_deref() == Some(t1.as_str()) || t.as_deref() == Some(t2.as_str())));
     let before_expiry = calls.iter().filter(|(started, ..)| *started < answered - Duration::from_secs(9)).count();
-    assert!(before_expiry >= 20, "B and C were called while the first token was fresh: {before_expiry}");
+    assert!(before_expiry >= 6, "B and C were called while the first token was fresh: {before_expiry}");
     assert_eq!(c.op.refresh_grants().await, 1, "one grant\n{}", c.logs());
 
     // Fresh copies of T2 on B and C, then a logout through A.
@@ -155,7 +155,7 @@ async fn refresh_and_logout_through_one_instance_reach_the_others() {
                 break;
             }
             assert_eq!(status, 200);
-            assert!(signed_out.elapsed() < Duration::from_secs(1), "instance {i} still serves the session after the logout\n{}", c.logs());
+            assert!(signed_out.elapsed() < Duration::from_secs(2), "instance {i} still serves the session after the logout\n{}", c.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
