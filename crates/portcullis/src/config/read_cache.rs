@@ -12,7 +12,7 @@ pub struct ReadCacheConfig {
     /// Serve hot sessions from process memory instead of one Redis round trip per request.
     #[serde(default = "default_enabled")]
     pub enabled: bool,
-    /// At most this many sessions are kept (least recently used dropped first); about 3 KB each
+    /// At most this many sessions are kept (least recently used dropped first); about 4 KB each
     /// with typical tokens.
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,

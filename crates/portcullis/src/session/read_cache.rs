@@ -254,14 +254,27 @@ impl State {
         );
     }
 
-    /// Makes room in a full shard: a clock sweep over the whole shard, amortized over the fills
-    /// it makes room for. Copies no longer servable go first, then those unused since the last
-    /// sweep (the others lose their bit); if every copy was used, an arbitrary one.
+    /// Makes room in a full shard: a clock sweep that drops an eighth of it, amortized over
+    /// the fills it makes room for. Copies no longer servable go first, then those unused since
+    /// the sweep last passed them (the others passed lose their bit); if every copy was used, an
+    /// arbitrary one.
     fn evict(&self, map: &mut HashMap<SessionKey, Entry>, epoch: u64) {
         let before = map.len();
+        let target = (before / 8).max(1);
         let renew = self.settings.renew_interval;
-        map.retain(|_, e| e.epoch == epoch && e.fetched_at.elapsed() < renew && e.used.swap(false, Ordering::Relaxed));
-        if map.len() == before
+        let mut removed = 0;
+        map.retain(|_, e| {
+            if removed >= target {
+                return true;
+            }
+            let stale = e.epoch != epoch || e.fetched_at.elapsed() >= renew;
+            if stale || !e.used.swap(false, Ordering::Relaxed) {
+                removed += 1;
+                return false;
+            }
+            true
+        });
+        if removed == 0
             && let Some(victim) = map.keys().next().cloned()
         {
             map.remove(&victim);
