@@ -23,7 +23,7 @@ use anyhow::Context;
 use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
-    session::{Lifetimes, MemoryStore, RedisStore, SessionStore},
+    session::{CachedStore, Lifetimes, MemoryStore, ReadCacheSettings, RedisStore, SessionStore},
 };
 use tokio::{net::TcpListener, time::Instant};
 
@@ -115,7 +115,11 @@ fn build(config: &Config) -> anyhow::Result<Built> {
         StoreKind::Redis => {
             let url = config.session.redis_url.as_deref().context("session.redis_url is required")?;
             let redis = Arc::new(RedisStore::new(url, lifetimes, config.session.store_timeout)?);
-            (redis.clone(), Some(redis))
+            let store: Arc<dyn SessionStore> = match config.session.read_cache.enabled {
+                true => Arc::new(CachedStore::new((*redis).clone(), redis.change_feed(), ReadCacheSettings::from_config(config))),
+                false => redis.clone(),
+            };
+            (store, Some(redis))
         }
     };
     let provider = ProviderHandle::default();

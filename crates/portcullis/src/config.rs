@@ -298,6 +298,9 @@ pub struct SessionConfig {
     /// Timeout of one store operation; a slow store answers 503 instead of hanging requests.
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     pub store_timeout: Duration,
+    /// The Redis store's in-process cache of hot sessions.
+    #[serde(default)]
+    pub read_cache: ReadCacheConfig,
 }
 
 // `Debug` by hand for the two structs holding secrets, so that a `{:?}` of the config (in a log
@@ -358,6 +361,7 @@ impl std::fmt::Debug for SessionConfig {
             absolute_timeout,
             login_timeout,
             store_timeout,
+            read_cache,
         } = self;
         f.debug_struct("SessionConfig")
             .field("store", store)
@@ -370,6 +374,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("absolute_timeout", absolute_timeout)
             .field("login_timeout", login_timeout)
             .field("store_timeout", store_timeout)
+            .field("read_cache", read_cache)
             .finish()
     }
 }
@@ -734,6 +739,9 @@ impl Config {
         if self.session.idle_timeout.is_zero() || self.session.absolute_timeout.is_zero() {
             return Err(invalid("session.idle_timeout", "session lifetimes must be above zero"));
         }
+        if self.session.store == StoreKind::Redis {
+            self.session.read_cache.validate(self.session.idle_timeout).map_err(|(key, problem)| invalid(key, problem))?;
+        }
         if self.refresh.lease_ttl < Duration::from_millis(300) {
             return Err(invalid("refresh.lease_ttl", "must be at least 300ms (it is renewed every third of it)"));
         }
@@ -855,12 +863,14 @@ pub fn generate_secret() -> String {
 mod builder;
 mod lifecycle;
 mod logging;
+mod read_cache;
 mod redacted;
 pub mod reference;
 mod secret_strength;
 
 pub use builder::ConfigBuilder;
 pub use logging::{LogConfig, LogFormat};
+pub use read_cache::ReadCacheConfig;
 
 #[cfg(test)]
 mod tests;

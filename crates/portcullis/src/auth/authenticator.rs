@@ -152,7 +152,7 @@ impl Authenticator {
     /// The request's session with a forwardable access token, `None` when there is no session
     /// (no cookie, a forged one, expired, or ended by the OP), or an error that must not end it.
     ///
-    /// Hot path: one store read, no JWT parsing. A token inside the refresh leeway is refreshed
+    /// Hot path: one store read (perhaps from the read cache), no JWT parsing. A token inside the refresh leeway is refreshed
     /// in the background and the current one forwarded; an expired one waits for the refresh.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Session>, AuthError> {
         let inner = &self.0;
@@ -165,7 +165,7 @@ impl Authenticator {
             return Ok(None);
         };
         let key = id.key();
-        let Some(record) = inner.store.load(&key).await? else { return Ok(None) };
+        let Some(record) = inner.store.load_for_request(&key).await? else { return Ok(None) };
         match record.tokens.freshness(now_millis(), inner.refresh.leeway_fraction, inner.refresh.leeway_max) {
             Freshness::Fresh => Ok(Some(Session { key, record, set_cookies: Vec::new() })),
             Freshness::DueSoon if record.tokens.refresh_token.is_some() => {

@@ -67,6 +67,7 @@ impl Config {
                     absolute_timeout: default_absolute_timeout(),
                     login_timeout: default_login_timeout(),
                     store_timeout: default_store_timeout(),
+                    read_cache: ReadCacheConfig::default(),
                 },
                 refresh: RefreshConfig::default(),
                 routes: Vec::new(),

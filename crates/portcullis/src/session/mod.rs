@@ -5,6 +5,7 @@
 mod changes;
 mod id;
 mod memory;
+mod read_cache;
 mod record;
 mod redis;
 mod sealed_cookie;
@@ -14,6 +15,7 @@ mod store;
 pub use changes::{ChangeFeed, ChangeWatch};
 pub use id::{CookieCodec, SessionId, SessionKey};
 pub use memory::MemoryStore;
+pub use read_cache::{CachedStore, ReadCacheSettings, ReadCacheStats};
 pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, UnsettledRefresh, now_millis};
 pub use redis::RedisStore;
 pub use sealed_cookie::{CookiePayload, CookieSealer, MAX_CHUNKS, chunk_name, chunks_present, join as join_chunks, split as split_chunks};

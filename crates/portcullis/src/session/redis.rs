@@ -207,6 +207,7 @@ async fn listen_for_changes(client: redis::Client, feed: ChangeFeed, connect_tim
     let mut subscribed_before = false;
     loop {
         let ended = listen_once(&client, &feed, connect_timeout, &mut delay, &mut subscribed_before).await;
+        feed.disconnected();
         if subscribed_before {
             let count = restarts.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(reason = %ended, retry_in = ?delay, restarts = count, "redis change notifications interrupted; restarting the listener");
@@ -239,7 +240,7 @@ async fn listen_once(
     };
     *delay = LISTENER_BACKOFF_MIN;
     *subscribed = true;
-    feed.publish_any();
+    feed.connected();
     let (mut sink, mut messages) = pubsub.split();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + LISTENER_PING_EVERY, LISTENER_PING_EVERY);
     loop {
@@ -455,5 +456,16 @@ impl SessionStore for RedisStore {
     fn watch(&self, key: &SessionKey) -> ChangeWatch {
         self.start_listener();
         self.inner.changes.watch(key)
+    }
+}
+
+/// What the read cache (`read_cache::CachedStore`) needs from this store, kept apart from the
+/// connection plumbing above.
+impl RedisStore {
+    /// The change feed this store's pub/sub listener fills, with its liveness; starts the
+    /// listener if it is not running yet.
+    pub fn change_feed(&self) -> ChangeFeed {
+        self.start_listener();
+        self.inner.changes.clone()
     }
 }

@@ -71,6 +71,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// lifetime restarts. One round trip at most: this is on every request's path.
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError>;
 
+    /// [`Self::load`] for a request about to be forwarded: may answer from an in-process copy
+    /// (`read_cache`) that is only ever handed out while its access token is not yet due for
+    /// refresh, and may renew the idle clock only every few seconds. Everything that decides on
+    /// a write (the refresh coordinator, logout, the version checks) uses `load`.
+    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.load(key).await
+    }
+
     /// Stores a new session at version 1.
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError>;
 
