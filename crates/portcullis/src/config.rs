@@ -49,6 +49,9 @@ pub struct Config {
     /// Bearer-token validation for API clients (routes with `bearer = "jwt"` or `"introspect"`).
     #[serde(default)]
     pub bearer: BearerConfig,
+    /// The Prometheus `/metrics` listener (off unless `metrics.listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// Rules a caller (browser session or bearer token) must satisfy. Every non-empty list must be
@@ -820,9 +823,11 @@ pub fn generate_secret() -> String {
 }
 
 mod builder;
+mod metrics;
 mod secret_strength;
 
 pub use builder::ConfigBuilder;
+pub use metrics::MetricsConfig;
 
 #[cfg(test)]
 mod tests;

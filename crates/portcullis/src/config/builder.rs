@@ -74,6 +74,7 @@ impl Config {
                 server: ServerConfig::default(),
                 authorization: AuthorizationRules::default(),
                 bearer: BearerConfig::default(),
+                metrics: Default::default(),
             },
         }
     }

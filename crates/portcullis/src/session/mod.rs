@@ -4,6 +4,7 @@
 
 mod changes;
 mod id;
+mod instrumented;
 mod memory;
 mod record;
 mod redis;
@@ -13,6 +14,7 @@ mod store;
 
 pub use changes::{ChangeFeed, ChangeWatch};
 pub use id::{CookieCodec, SessionId, SessionKey};
+pub use instrumented::InstrumentedStore;
 pub use memory::MemoryStore;
 pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, UnsettledRefresh, now_millis};
 pub use redis::RedisStore;
