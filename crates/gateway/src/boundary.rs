@@ -23,7 +23,7 @@ use portcullis::{
 };
 use tower::ServiceExt;
 
-use crate::{canonical_path, client_headers};
+use crate::{canonical_path, client_headers, metrics::RouteMetrics};
 
 /// Settings of the boundary, built once from the config.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub(crate) fn apply<B>(boundary: &Boundary, req: &mut Request<B>) -> Option<Resp
 pub(crate) struct Gateway {
     pub(crate) boundary: Arc<Boundary>,
     pub(crate) router: Router,
+    /// Requests the boundary refused, counted as route `refused`.
+    pub(crate) refused: Arc<RouteMetrics>,
 }
 
 impl Gateway {
@@ -80,6 +82,7 @@ impl Gateway {
         B::Error: Into<axum::BoxError>,
     {
         if let Some(refusal) = apply(&self.boundary, &mut req) {
+            self.refused.count(refusal.status());
             return refusal;
         }
         match self.router.oneshot(req.map(Body::new)).await {

@@ -8,6 +8,7 @@ mod client_headers;
 mod demo;
 mod health;
 mod logging;
+mod metrics;
 mod proxy;
 mod routes;
 mod server;
