@@ -68,13 +68,13 @@ pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, re
         .merge(forward_auth)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz).with_state(readiness))
-        // Request metrics of the endpoints above, by path pattern; proxied requests record
+        // Request metrics of the endpoints above, by path; proxied requests record
         // theirs with their route's handles in `select_route`.
         .route_layer(middleware::from_fn_with_state(http.clone(), metrics::track_endpoint))
         .merge(gateway);
     // The boundary runs before the router matches, so every route below sees the canonical
     // path and none of the client's copies of gateway-owned headers.
-    Gateway { boundary: Arc::new(Boundary::new(config)), router: routed, refused: http.route("refused") }
+    Gateway { boundary: Arc::new(Boundary::new(config, http.route("refused"))), router: routed }
 }
 
 /// Picks the route and hands its policy to the auth layer.

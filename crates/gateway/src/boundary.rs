@@ -30,11 +30,14 @@ use crate::{canonical_path, client_headers, metrics::RouteMetrics};
 pub(crate) struct Boundary {
     paths: canonical_path::Settings,
     headers: client_headers::Settings,
+    /// Requests the boundary refused, counted as route `refused` (here rather than in
+    /// [`Gateway`], which is cloned per request).
+    refused: Arc<RouteMetrics>,
 }
 
 impl Boundary {
-    pub(crate) fn new(config: &Config) -> Self {
-        Self { paths: canonical_path::Settings::new(config), headers: client_headers::Settings::new(config) }
+    pub(crate) fn new(config: &Config, refused: Arc<RouteMetrics>) -> Self {
+        Self { paths: canonical_path::Settings::new(config), headers: client_headers::Settings::new(config), refused }
     }
 }
 
@@ -70,8 +73,6 @@ pub(crate) fn apply<B>(boundary: &Boundary, req: &mut Request<B>) -> Option<Resp
 pub(crate) struct Gateway {
     pub(crate) boundary: Arc<Boundary>,
     pub(crate) router: Router,
-    /// Requests the boundary refused, counted as route `refused`.
-    pub(crate) refused: Arc<RouteMetrics>,
 }
 
 impl Gateway {
@@ -82,7 +83,7 @@ impl Gateway {
         B::Error: Into<axum::BoxError>,
     {
         if let Some(refusal) = apply(&self.boundary, &mut req) {
-            self.refused.count(refusal.status());
+            self.boundary.refused.count(refusal.status());
             return refusal;
         }
         match self.router.oneshot(req.map(Body::new)).await {
