@@ -35,12 +35,13 @@ use crate::{
     boundary::{Boundary, Gateway},
     canonical_path,
     health::{self, Readiness},
+    metrics::{self, HttpMetrics},
     proxy::Proxy,
     routes::{LiveRoutes, Route},
 };
 
 /// The whole router, serving the route table `table` holds (a reload replaces it).
-pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, readiness: Readiness) -> Gateway {
+pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, readiness: Readiness, http: &HttpMetrics) -> Gateway {
     let proxy = Arc::new(Proxy::new(config.server.client_body_timeout));
     let forward = service_fn(move |req: Request<Body>| {
         let proxy = proxy.clone();
@@ -69,25 +70,34 @@ pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, re
         .merge(forward_auth)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz).with_state(readiness))
+        // Request metrics of the endpoints above, by path; proxied requests record
+        // theirs with their route's handles in `select_route`.
+        .route_layer(middleware::from_fn_with_state(http.clone(), metrics::track_endpoint))
         .merge(gateway);
     // The boundary runs before the router matches, so every route below sees the canonical
     // path and none of the client's copies of gateway-owned headers.
-    Gateway { boundary: Arc::new(Boundary::new(config)), router: routed }
+    Gateway { boundary: Arc::new(Boundary::new(config, http.route("refused"))), router: routed }
 }
 
 /// Picks the route and hands its policy to the auth layer.
 async fn select_route(State(table): State<LiveRoutes>, mut req: Request, next: Next) -> Response {
+    let started = tokio::time::Instant::now();
     let Some(route) = table.load().lookup(req.uri().path()).cloned() else {
         let mut failure = Failure::bad_request("no_route", "There is nothing at this address.");
         failure.status = StatusCode::NOT_FOUND;
-        return failure.respond(RequestKind::of(req.headers())).into_response();
+        let response = failure.respond(RequestKind::of(req.headers())).into_response();
+        table.load().unmatched.record(response.status(), started.elapsed());
+        return response;
     };
+    let metrics = route.metrics.clone();
     // The route's settings for the library's layers (policy, CSRF switch, bearer mode,
     // audiences, scopes, rules): one extension, read by each layer.
     crate::access_log::note_route(&req, &route.config);
     req.extensions_mut().insert(route.config.clone());
     req.extensions_mut().insert(route);
-    next.run(req).await
+    let response = next.run(req).await;
+    metrics.record(response.status(), started.elapsed());
+    response
 }
 
 /// What `forward_auth_route` needs: the route table and the path rules of the boundary.

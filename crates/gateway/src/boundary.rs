@@ -23,18 +23,21 @@ use portcullis::{
 };
 use tower::ServiceExt;
 
-use crate::{canonical_path, client_headers};
+use crate::{canonical_path, client_headers, metrics::RouteMetrics};
 
 /// Settings of the boundary, built once from the config.
 #[derive(Debug)]
 pub(crate) struct Boundary {
     paths: canonical_path::Settings,
     headers: client_headers::Settings,
+    /// Requests the boundary refused, counted as route `refused` (here rather than in
+    /// [`Gateway`], which is cloned per request).
+    refused: Arc<RouteMetrics>,
 }
 
 impl Boundary {
-    pub(crate) fn new(config: &Config) -> Self {
-        Self { paths: canonical_path::Settings::new(config), headers: client_headers::Settings::new(config) }
+    pub(crate) fn new(config: &Config, refused: Arc<RouteMetrics>) -> Self {
+        Self { paths: canonical_path::Settings::new(config), headers: client_headers::Settings::new(config), refused }
     }
 }
 
@@ -80,6 +83,7 @@ impl Gateway {
         B::Error: Into<axum::BoxError>,
     {
         if let Some(refusal) = apply(&self.boundary, &mut req) {
+            self.boundary.refused.count(refusal.status());
             return refusal;
         }
         match self.router.oneshot(req.map(Body::new)).await {

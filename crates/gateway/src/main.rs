@@ -10,6 +10,7 @@ mod demo;
 mod health;
 mod healthcheck;
 mod logging;
+mod metrics;
 mod proxy;
 mod reload;
 mod routes;

@@ -147,6 +147,7 @@ impl Proxy {
         };
 
         let client = self.client(settings.connect_timeout);
+        let sent_at = tokio::time::Instant::now();
         let outcome = tokio::select! {
             outcome = client.request(req) => outcome,
             () = head_deadline => {
@@ -155,7 +156,10 @@ impl Proxy {
             }
         };
         let mut response = match outcome {
-            Ok(response) => response,
+            Ok(response) => {
+                route.metrics.upstream_answered(sent_at.elapsed());
+                response
+            }
             Err(_) if too_big.as_ref().is_some_and(|e| e.load(Ordering::Relaxed) == EXCEEDED) => {
                 let limit = settings.max_request_body_bytes.unwrap_or_default();
                 tracing::info!(route = %route.prefix, limit, "request body above the route's limit (streamed)");

@@ -56,6 +56,8 @@ pub(crate) struct Live {
     pub(crate) routes: LiveRoutes,
     /// The global rules and the session secrets live in the authenticator.
     pub(crate) auth: Authenticator,
+    /// A new route table records into the same per-route metrics.
+    pub(crate) http: crate::metrics::HttpMetrics,
 }
 
 /// Top-level keys (or dotted paths) a reload applies; every other difference needs a restart.
@@ -126,7 +128,7 @@ impl Reloader {
         // Everything below is infallible but the log level: validated, the new file applies.
         let mut changed = Vec::new();
         if json(&old.routes) != json(&new.routes) {
-            self.live.routes.store(RouteTable::new(&new.routes));
+            self.live.routes.store(RouteTable::new(&new.routes, &self.live.http));
             changed.push("routes");
         }
         if old.authorization != new.authorization {

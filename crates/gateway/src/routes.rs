@@ -5,6 +5,8 @@ use std::sync::Arc;
 use portcullis::config::{RouteConfig, Unauthenticated};
 use url::Url;
 
+use crate::metrics::{HttpMetrics, RouteMetrics};
+
 /// One route, as the proxy uses it.
 #[derive(Debug)]
 pub(crate) struct Route {
@@ -17,6 +19,8 @@ pub(crate) struct Route {
     /// The upstream's scheme, authority and base path, parsed once here rather than on every
     /// request (the hot path only joins the request's path onto them).
     pub(crate) target: UpstreamTarget,
+    /// The route's metric handles (`route` = its prefix), resolved when the table is built.
+    pub(crate) metrics: Arc<RouteMetrics>,
 }
 
 /// The parts of an upstream URL the proxy needs per request.
@@ -30,11 +34,12 @@ pub(crate) struct UpstreamTarget {
 
 impl Route {
     /// A route with every optional setting at its default.
+    /// Its metrics are recorded nowhere.
     pub(crate) fn new(prefix: String, upstream: Url, unauthenticated: Unauthenticated) -> Self {
-        Self::from_config(RouteConfig::new(prefix, upstream, unauthenticated))
+        Self::from_config(RouteConfig::new(prefix, upstream, unauthenticated), &HttpMetrics::default())
     }
 
-    pub(crate) fn from_config(config: RouteConfig) -> Self {
+    pub(crate) fn from_config(config: RouteConfig, metrics: &HttpMetrics) -> Self {
         let (prefix, upstream) = (config.prefix.clone(), config.upstream.clone());
         let authority = match upstream.port() {
             Some(port) => format!("{}:{port}", upstream.host_str().unwrap_or_default()),
@@ -45,7 +50,8 @@ impl Route {
             authority: authority.parse().expect("a URL's host and port form an authority"),
             base_path: upstream.path().trim_end_matches('/').to_string(),
         };
-        Self { prefix, upstream, config: Arc::new(config), target }
+        let metrics = metrics.route(&prefix);
+        Self { prefix, upstream, config: Arc::new(config), target, metrics }
     }
 }
 
@@ -72,16 +78,26 @@ impl LiveRoutes {
 }
 
 /// Routes ordered longest prefix first, so the first match is the most specific.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Requests no route covers (404), counted as route `unmatched`.
+    pub(crate) unmatched: Arc<RouteMetrics>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::new(&[], &HttpMetrics::default())
+    }
 }
 
 impl RouteTable {
-    pub(crate) fn new(config: &[RouteConfig]) -> Self {
-        let mut routes: Vec<Arc<Route>> = config.iter().map(|r| Arc::new(Route::from_config(r.clone()))).collect();
+    /// The table of `config`, its routes recording into `metrics` (a reload passes the same
+    /// `metrics`, so counts carry on across reloads).
+    pub(crate) fn new(config: &[RouteConfig], metrics: &HttpMetrics) -> Self {
+        let mut routes: Vec<Arc<Route>> = config.iter().map(|r| Arc::new(Route::from_config(r.clone(), metrics))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Self { routes }
+        Self { routes, unmatched: metrics.route("unmatched") }
     }
 
     /// The route for `path`: prefixes match whole segments, so `/api` matches `/api` and
@@ -138,7 +154,10 @@ mod tests {
 
     fn table() -> RouteTable {
         let route = |prefix: &str, upstream: &str| RouteConfig::new(prefix, upstream.parse().unwrap(), Unauthenticated::Login);
-        RouteTable::new(&[route("/", "http://root"), route("/api", "http://api"), route("/api/public/", "http://public")])
+        RouteTable::new(
+            &[route("/", "http://root"), route("/api", "http://api"), route("/api/public/", "http://public")],
+            &Default::default(),
+        )
     }
 
     #[test]
@@ -186,7 +205,7 @@ mod tests {
 
     #[test]
     fn no_catch_all_means_no_match() {
-        let t = RouteTable::new(&[RouteConfig::new("/app", "http://a".parse().unwrap(), Unauthenticated::Deny)]);
+        let t = RouteTable::new(&[RouteConfig::new("/app", "http://a".parse().unwrap(), Unauthenticated::Deny)], &Default::default());
         assert!(t.lookup("/other").is_none());
     }
 
@@ -278,13 +297,16 @@ mod tests {
 
         fn table() -> RouteTable {
             let route = |prefix: &str, policy| RouteConfig::new(prefix, "http://up".parse().unwrap(), policy);
-            RouteTable::new(&[
-                route("/", Unauthenticated::Allow),
-                route("/app", Unauthenticated::Login),
-                route("/admin", Unauthenticated::Deny),
-                route("/admin/public", Unauthenticated::Allow),
-                route("/v1/items:purge", Unauthenticated::Deny),
-            ])
+            RouteTable::new(
+                &[
+                    route("/", Unauthenticated::Allow),
+                    route("/app", Unauthenticated::Login),
+                    route("/admin", Unauthenticated::Deny),
+                    route("/admin/public", Unauthenticated::Allow),
+                    route("/v1/items:purge", Unauthenticated::Deny),
+                ],
+                &Default::default(),
+            )
         }
 
         fn route_of(table: &RouteTable, path: &str) -> String {

@@ -23,13 +23,15 @@ use anyhow::Context;
 use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
-    session::{CachedStore, Lifetimes, MemoryStore, ReadCacheSettings, RedisStore, SessionStore},
+    metrics::Metrics,
+    session::{CachedStore, InstrumentedStore, Lifetimes, MemoryStore, ReadCacheSettings, RedisStore, SessionStore},
 };
 use tokio::{net::TcpListener, time::Instant};
 
 use crate::{
     app,
     health::Readiness,
+    metrics::{self, HttpMetrics, StoreCollector},
     reload::{Live, Reloader},
     routes::{LiveRoutes, RouteTable},
 };
@@ -39,11 +41,15 @@ mod connections;
 /// Runs until SIGINT/SIGTERM, then drains in-flight requests; SIGHUP reloads `path`.
 pub(crate) async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let listener = bind(config.listen).await?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(bind(addr).await.context("metrics.listen")?),
+        None => None,
+    };
     // Before serving: SIGHUP's default action ends the process.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let gateway = build(&config)?;
     let reloads = tokio::spawn(Reloader::new(path, config.clone(), gateway.live.clone()).on_sighup(hangup));
-    let result = serve_built(config, listener, gateway, shutdown_signal()).await;
+    let result = serve_built(config, listener, metrics_listener, gateway, shutdown_signal()).await;
     reloads.abort();
     result
 }
@@ -55,13 +61,25 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Serves one gateway built from `config` on `listener` until `shutdown` resolves, then
 /// drains in-flight requests. `config.listen` is not used: the caller chose the socket.
+#[allow(dead_code)]
 pub(crate) async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`serve`], with `/metrics` on `metrics_listener` when given (`config.metrics.listen` is not
+/// used either). The metrics listener stays up while requests drain.
+pub(crate) async fn serve_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let gateway = build(&config)?;
-    serve_built(config, listener, gateway, shutdown).await
+    serve_built(config, listener, metrics_listener, gateway, shutdown).await
 }
 
 /// A gateway ready to serve: its router, and the handles its lifecycle needs.
@@ -71,15 +89,25 @@ struct Built {
     readiness: Readiness,
     /// What a reload replaces.
     live: Live,
+    /// Everything the gateway and the library record, for `/metrics`.
+    registry: prometheus_client::registry::Registry,
 }
 
 async fn serve_built(
     config: Config,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     gateway: Built,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Built { router, discovery, readiness, live } = gateway;
+    let Built { router, discovery, readiness, live, registry } = gateway;
+    let metrics_server = match metrics_listener {
+        Some(metrics_listener) => {
+            tracing::info!(listen = %metrics_listener.local_addr()?, "metrics listening (GET /metrics)");
+            Some(tokio::spawn(metrics::serve(metrics_listener, Arc::new(registry))))
+        }
+        None => None,
+    };
     tracing::info!(listen = %listener.local_addr()?, public_url = %config.public_url, store = ?config.session.store, routes = config.routes.len(), "portcullis listening");
     // When the listener closed: the drain deadline of the refresh tasks counts from there, as
     // the connections' does.
@@ -102,16 +130,24 @@ async fn serve_built(
     // Discovery retries forever while the OP is down; a stopped gateway has no use for it
     // (in the demo, other gateways go on running in the same process).
     discovery.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     tracing::info!(public_url = %config.public_url, refreshes_waited_for = report.running_at_start, refreshes_abandoned = report.abandoned, leases_released = report.leases_released, "portcullis stopped");
     Ok(())
 }
 
-/// The store, the OP handle (discovered in the background) and the router.
+/// The store, the OP handle (discovered in the background), the router, and the registry
+/// of everything they record.
 fn build(config: &Config) -> anyhow::Result<Built> {
     let lifetimes = Lifetimes { idle: config.session.idle_timeout, absolute: config.session.absolute_timeout };
-    let (store, redis): (Arc<dyn SessionStore>, _) = match config.session.store {
+    let (store, redis, collector): (Arc<dyn SessionStore>, _, _) = match config.session.store {
+        StoreKind::Memory => {
+            let memory = MemoryStore::new(lifetimes);
+            (Arc::new(memory.clone()), None, StoreCollector::Memory(memory))
+        }
         // The cookie store keeps sessions in the browser; pending logins stay in memory.
-        StoreKind::Memory | StoreKind::Cookie => (Arc::new(MemoryStore::new(lifetimes)), None),
+        StoreKind::Cookie => (Arc::new(MemoryStore::new(lifetimes)), None, StoreCollector::None),
         StoreKind::Redis => {
             let url = config.session.redis_url.as_deref().context("session.redis_url is required")?;
             let redis = Arc::new(RedisStore::new(url, lifetimes, config.session.store_timeout)?);
@@ -119,19 +155,23 @@ fn build(config: &Config) -> anyhow::Result<Built> {
                 true => Arc::new(CachedStore::new((*redis).clone(), redis.change_feed(), ReadCacheSettings::from_config(config))),
                 false => redis.clone(),
             };
-            (store, Some(redis))
+            (store, Some(redis.clone()), StoreCollector::Redis(redis))
         }
     };
+    let library = Metrics::new();
+    let http = HttpMetrics::default();
+    let store: Arc<dyn SessionStore> = Arc::new(InstrumentedStore::new(store, &library));
     let provider = ProviderHandle::default();
     let post_logout = config.oidc.post_logout_redirect_url.clone().unwrap_or_else(|| config.public_url.clone());
-    let discovery = provider.spawn_discovery(config.oidc.clone(), config.redirect_uri(), post_logout);
-    let auth = Authenticator::new(config, store, provider.clone());
-    let routes = LiveRoutes::new(RouteTable::new(&config.routes));
+    let discovery = provider.spawn_discovery_with_metrics(config.oidc.clone(), config.redirect_uri(), post_logout, library.clone());
+    let auth = Authenticator::with_metrics(config, store, provider.clone(), &library);
+    let routes = LiveRoutes::new(RouteTable::new(&config.routes, &http));
     let readiness = Readiness::new(provider, redis);
-    let live = Live { routes: routes.clone(), auth: auth.clone() };
-    let gateway = app::router(config, routes, auth, readiness.clone());
+    let live = Live { routes: routes.clone(), auth: auth.clone(), http: http.clone() };
+    let gateway = app::router(config, routes, auth, readiness.clone(), &http);
     let router = crate::access_log::AccessLog::new(config, gateway);
-    Ok(Built { router, discovery, readiness, live })
+    let registry = metrics::registry(&library, &http, collector);
+    Ok(Built { router, discovery, readiness, live, registry })
 }
 
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM. From then on, a second one ends the

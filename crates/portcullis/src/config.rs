@@ -52,6 +52,9 @@ pub struct Config {
     /// Log output: format, filter, access lines.
     #[serde(default)]
     pub log: LogConfig,
+    /// The Prometheus `/metrics` listener (off unless `metrics.listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// Rules a caller (browser session or bearer token) must satisfy. Every non-empty list must be
@@ -863,6 +866,7 @@ pub fn generate_secret() -> String {
 mod builder;
 mod lifecycle;
 mod logging;
+mod metrics;
 mod read_cache;
 mod redacted;
 pub mod reference;
@@ -870,6 +874,7 @@ mod secret_strength;
 
 pub use builder::ConfigBuilder;
 pub use logging::{LogConfig, LogFormat};
+pub use metrics::MetricsConfig;
 pub use read_cache::ReadCacheConfig;
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //!   validation, token and revocation calls with outcomes classified for the refresh coordinator.
 //! - [`bearer`]: API clients' own bearer tokens: JWT access tokens checked against the OP's
 //!   keys, or RFC 7662 introspection with a bounded cache.
+//! - [`metrics`]: the Prometheus metric families the library records (refresh, store, OP),
+//!   on an explicit registry.
 //! - [`auth`]: the [`auth::Authenticator`] (cookie → session, refreshing on the way), the
 //!   refresh coordinator, the login flow, the `/oauth2/*` endpoints and [`auth::AuthLayer`].
 //!
@@ -20,5 +22,6 @@ pub mod bearer;
 pub mod config;
 mod cookie_header;
 mod crypto;
+pub mod metrics;
 pub mod oidc;
 pub mod session;

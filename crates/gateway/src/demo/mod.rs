@@ -56,7 +56,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     servers.spawn(console::serve(app_listener, op_link, deployment(&plan, op.addr()), stop.signal()));
 
     let config = settings::gateway(&public_url, &issuer, &client_secret, &app_url, &plan.store)?;
-    let instances = spawn_gateways(&mut servers, &stop, config, public_listener, plan.instances).await?;
+    let (instances, metrics) = spawn_gateways(&mut servers, &stop, config, public_listener, plan.instances).await?;
 
     // A server that fails to start (a bad Redis URL) ends its task early: report that rather
     // than waiting for a readiness that will not come.
@@ -66,7 +66,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let outcome = match started {
         Ok(()) => {
-            announce(&public_url, &issuer, &plan);
+            announce(&public_url, &issuer, &plan, &metrics);
             if plan.open_browser {
                 open_browser(&public_url);
             }
@@ -111,28 +111,34 @@ impl Stop {
 }
 
 /// One gateway on the public listener, or `instances` gateways on free ports behind the
-/// round-robin front on it. Returns the gateways' addresses.
+/// round-robin front on it; each with `/metrics` on a free loopback port of its own. Returns
+/// the gateways' addresses and their metrics addresses.
 async fn spawn_gateways(
     servers: &mut JoinSet<anyhow::Result<()>>,
     stop: &Stop,
     config: Config,
     public_listener: TcpListener,
     instances: u16,
-) -> anyhow::Result<Vec<SocketAddr>> {
+) -> anyhow::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     if instances == 1 {
         let addr = public_listener.local_addr()?;
-        servers.spawn(server::serve(config, public_listener, stop.signal()));
-        return Ok(vec![addr]);
+        let metrics = server::bind(loopback).await?;
+        let metrics_addr = metrics.local_addr()?;
+        servers.spawn(server::serve_with_metrics(config, public_listener, Some(metrics), stop.signal()));
+        return Ok((vec![addr], vec![metrics_addr]));
     }
-    let mut addrs = Vec::new();
+    let (mut addrs, mut metrics_addrs) = (Vec::new(), Vec::new());
     for _ in 0..instances {
-        let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let listener = server::bind(loopback).await?;
+        let metrics = server::bind(loopback).await?;
         addrs.push(listener.local_addr()?);
-        servers.spawn(server::serve(config.clone(), listener, stop.signal()));
+        metrics_addrs.push(metrics.local_addr()?);
+        servers.spawn(server::serve_with_metrics(config.clone(), listener, Some(metrics), stop.signal()));
     }
     let (front_addrs, shutdown) = (addrs.clone(), stop.signal());
     servers.spawn(async move { front::serve(public_listener, &front_addrs, shutdown).await });
-    Ok(addrs)
+    Ok((addrs, metrics_addrs))
 }
 
 /// What the page's "Deployment" card shows.
@@ -203,7 +209,7 @@ async fn wait_ready(instances: &[SocketAddr], store: &args::Store) -> anyhow::Re
 }
 
 /// The ready line (exactly one, first, for scripts and tests), then lines for people.
-fn announce(public_url: &Url, issuer: &Url, plan: &args::Plan) {
+fn announce(public_url: &Url, issuer: &Url, plan: &args::Plan, metrics: &[SocketAddr]) {
     println!("DEMO READY {public_url}");
     println!();
     println!("  Portcullis demo    {public_url}");
@@ -212,6 +218,10 @@ fn announce(public_url: &Url, issuer: &Url, plan: &args::Plan) {
     println!("  Session store      {}", plan.store.describe());
     println!("  Instances          {}", gateways(plan.instances));
     println!("  Development OP     {issuer}");
+    for (i, addr) in metrics.iter().enumerate() {
+        let label = if i == 0 { "Metrics" } else { "" };
+        println!("  {label:<18} http://{addr}/metrics");
+    }
     println!();
     println!("  Ctrl-C stops everything.");
 }

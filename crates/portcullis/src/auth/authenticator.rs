@@ -15,6 +15,7 @@ use super::{
 use crate::{
     bearer::{self, BearerError, BearerPolicy, BearerValidator},
     config::{BearerMode, Config, RefreshConfig, RouteConfig, StoreKind},
+    metrics::Metrics,
     session::{CookieCodec, DeleteOutcome, Freshness, Identity, SessionKey, SessionRecord, SessionStore, StoreError, now_millis},
 };
 
@@ -94,9 +95,16 @@ impl Authenticator {
     /// `session.store = "cookie"`, sessions live in encrypted cookies and `store` only keeps
     /// pending logins.
     pub fn new(config: &Config, store: Arc<dyn SessionStore>, provider: ProviderHandle) -> Self {
+        Self::with_metrics(config, store, provider, &Metrics::default())
+    }
+
+    /// [`Authenticator::new`], recording the refresh coordinator's metrics
+    /// (`portcullis_refresh_*`) into `metrics`. Wrap `store` in an
+    /// [`crate::session::InstrumentedStore`] for the store's.
+    pub fn with_metrics(config: &Config, store: Arc<dyn SessionStore>, provider: ProviderHandle, metrics: &Metrics) -> Self {
         let secret = config.session.secret.as_deref().unwrap_or_default().as_bytes();
         let secrets = || std::iter::once(secret).chain(config.session.previous_secrets.iter().map(|s| s.as_bytes()));
-        let stats = Arc::new(RefreshStats::default());
+        let stats: Arc<RefreshStats> = metrics.refresh.clone();
         let cookies = CookieSettings::new(&config.session.cookie_name, config.secure_cookies(), config.session.absolute_timeout);
         let cookie_sessions = (config.session.store == StoreKind::Cookie)
             .then(|| CookieSessions::new(config, cookies.clone(), provider.clone(), stats.clone()));

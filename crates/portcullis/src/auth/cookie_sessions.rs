@@ -36,7 +36,11 @@ use std::{
 use http::{HeaderMap, HeaderValue};
 use tokio::sync::watch;
 
-use super::{CookieSettings, ProviderHandle, RefreshError, Session, refresh::Registration, stats::RefreshStats};
+use super::{
+    CookieSettings, ProviderHandle, RefreshError, Session,
+    refresh::Registration,
+    stats::{EndReason, RefreshStats},
+};
 use crate::{
     config::Config,
     oidc::{Refreshed, TokenError},
@@ -137,15 +141,16 @@ impl CookieSessions {
             Next::Refused => return Ok(None),
             Next::Wait { flight, joined, freshness, session } => (flight, joined, freshness, session),
         };
-        if joined {
-            self.stats.waited_locally();
-        }
+        let started = tokio::time::Instant::now();
         let mut flight = flight;
         let outcome = match tokio::time::timeout(self.max_wait, flight.wait_for(Option::is_some)).await {
             Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
             Ok(Err(_)) => Err(RefreshError::Aborted),
             Err(_) => Err(RefreshError::TimedOut(self.max_wait)),
         };
+        if joined {
+            self.stats.waited_locally(started.elapsed());
+        }
         match outcome {
             Ok(handoff) => Ok(Some(Session { key: session.key, record: handoff.record.clone(), set_cookies: handoff.set_cookies.clone() })),
             Err(RefreshError::SessionEnded) => Ok(None),
@@ -261,9 +266,9 @@ impl Inner {
         Some(out)
     }
 
-    fn end_session(&self, key: &SessionKey) -> Outcome {
+    fn end_session(&self, key: &SessionKey, reason: EndReason) -> Outcome {
         self.lock().latest.insert(key.clone(), (ENDED, now_millis() + self.lifetimes.absolute.as_millis() as u64));
-        self.stats.session_ended();
+        self.stats.session_ended(reason);
         Err(RefreshError::SessionEnded)
     }
 
@@ -283,11 +288,11 @@ impl Inner {
             Ok(refreshed) => refreshed,
             Err(TokenError::InvalidGrant) => {
                 tracing::info!(session = %key, "refresh token rejected by the OP (invalid_grant): session ended");
-                return self.end_session(key);
+                return self.end_session(key, EndReason::InvalidGrant);
             }
             Err(TokenError::SubjectChanged) => {
                 tracing::warn!(session = %key, "the OP refreshed the session for another subject; session ended");
-                return self.end_session(key);
+                return self.end_session(key, EndReason::SubjectChanged);
             }
             Err(e @ TokenError::OutcomeUnknown(_)) => {
                 self.lock().unsettled.insert(slot, now_millis());
@@ -306,7 +311,7 @@ impl Inner {
         let payload = CookiePayload { key: key.clone(), version: next.version, record: next };
         let Some(set_cookies) = self.seal(&payload, stale_chunks) else {
             // The consumed refresh token cannot be replaced in a cookie: never present it again.
-            return self.end_session(key);
+            return self.end_session(key, EndReason::Unstorable);
         };
         let now = now_millis();
         let handoff = Arc::new(Handoff { record: Arc::new(payload.record), set_cookies, until: now + self.grace.as_millis() as u64 });

@@ -8,7 +8,7 @@ use std::{
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use url::Url;
 
-use crate::{config::OidcConfig, oidc::OidcClient};
+use crate::{config::OidcConfig, metrics::Metrics, oidc::OidcClient};
 
 /// Shared handle to the OP client, filled once discovery succeeds. Until then, requests with a
 /// fresh session are served as usual; only logins and refreshes answer 503.
@@ -43,9 +43,21 @@ impl ProviderHandle {
     /// again every `oidc.discovery_refresh_interval` (endpoints and `jwks_uri` may move). A
     /// failure keeps the last good client and keys and is logged; the next tick tries again.
     pub fn spawn_discovery(&self, config: OidcConfig, redirect_uri: Url, post_logout: Url) -> tokio::task::JoinHandle<()> {
+        self.spawn_discovery_with_metrics(config, redirect_uri, post_logout, Metrics::default())
+    }
+
+    /// [`ProviderHandle::spawn_discovery`], with every OP call of the clients it makes timed
+    /// into `metrics`.
+    pub fn spawn_discovery_with_metrics(
+        &self,
+        config: OidcConfig,
+        redirect_uri: Url,
+        post_logout: Url,
+        metrics: Metrics,
+    ) -> tokio::task::JoinHandle<()> {
         let handle = self.clone();
         tokio::spawn(async move {
-            let discover = || OidcClient::discover(&config, redirect_uri.clone(), post_logout.clone());
+            let discover = || OidcClient::discover_with_metrics(&config, redirect_uri.clone(), post_logout.clone(), &metrics);
             let mut delay = Duration::from_secs(1);
             loop {
                 match discover().await {

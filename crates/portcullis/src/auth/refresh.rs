@@ -32,7 +32,7 @@ use tokio::{sync::watch, time::Instant};
 use super::{
     drain::{RefreshTasks, Ticket},
     provider::ProviderHandle,
-    stats::RefreshStats,
+    stats::{EndReason, RefreshStats},
 };
 use crate::{
     crypto,
@@ -116,16 +116,18 @@ impl Refresher {
     /// `seen` is the record the caller loaded; the refresh re-reads, and a waiter only ever gets
     /// the record the refresh produced, never its own stale copy.
     pub(crate) async fn refresh(&self, key: &SessionKey, seen: Arc<SessionRecord>) -> Outcome {
+        let started = Instant::now();
         let (mut flight, joined) = self.flight(key, seen);
-        if joined {
-            self.stats.waited_locally();
-        }
-        match tokio::time::timeout(self.timing.max_wait, flight.wait_for(Option::is_some)).await {
+        let outcome = match tokio::time::timeout(self.timing.max_wait, flight.wait_for(Option::is_some)).await {
             Ok(Ok(outcome)) => outcome.clone().expect("waited for Some"),
             // The sender was dropped unsent: the task panicked (its registration is gone too).
             Ok(Err(_)) => Err(RefreshError::Aborted),
             Err(_) => Err(RefreshError::TimedOut(self.timing.max_wait)),
+        };
+        if joined {
+            self.stats.waited_locally(started.elapsed());
         }
+        outcome
     }
 
     /// Starts the refresh of `key` in the background unless one is running; does not wait.
@@ -243,15 +245,24 @@ impl RefreshTask {
         let deadline = Instant::now() + self.timing.max_wait;
         // Watch before reading, so a write landing between the read and the wait wakes us.
         let mut changes = self.store.watch(&self.key);
-        let mut waited_remotely = false;
+        // Set while this task waits for another instance's refresh; the wait ends when that
+        // instance's tokens are used, the lease is taken, or max_wait passes.
+        let mut waiting_since: Option<Instant> = None;
+        let end_wait = |since: &mut Option<Instant>| {
+            if let Some(since) = since.take() {
+                self.stats.waited_remotely(since.elapsed());
+            }
+        };
         loop {
             let current = self.store.load(&self.key).await?.ok_or(RefreshError::SessionEnded)?;
             if let Some(newer) = self.superseded(&seen, &current) {
+                end_wait(&mut waiting_since);
                 return Ok(newer);
             }
             let owner = new_owner();
             if self.store.try_lease(&self.key, &owner, self.timing.lease_ttl).await? {
                 ticket.holding(&owner);
+                end_wait(&mut waiting_since);
                 let outcome = self.refresh_under_lease(&seen, &owner).await;
                 if let Err(e) = self.store.release_lease(&self.key, &owner).await {
                     // It lapses by itself within lease_ttl.
@@ -260,12 +271,11 @@ impl RefreshTask {
                 ticket.released();
                 return outcome;
             }
-            if !waited_remotely {
-                waited_remotely = true;
-                self.stats.waited_remotely();
-            }
+            self.stats.lease_contended();
+            waiting_since.get_or_insert_with(Instant::now);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                end_wait(&mut waiting_since);
                 return Err(RefreshError::TimedOut(self.timing.max_wait));
             }
             changes.changed(left.min(self.timing.poll_interval)).await;
@@ -324,11 +334,11 @@ impl RefreshTask {
             }
             Err(TokenError::InvalidGrant) => {
                 tracing::info!(session = %self.key, "refresh token rejected by the OP (invalid_grant): session ended unless another holder refreshed it");
-                self.end(current.version, refresh_token).await
+                self.end(current.version, refresh_token, EndReason::InvalidGrant).await
             }
             Err(TokenError::SubjectChanged) => {
                 tracing::warn!(session = %self.key, "the OP refreshed the session for another subject; session ended");
-                self.end(current.version, refresh_token).await
+                self.end(current.version, refresh_token, EndReason::SubjectChanged).await
             }
             Err(e @ TokenError::OutcomeUnknown(_)) => {
                 self.mark_unsettled(&current, refresh_token).await;
@@ -391,11 +401,11 @@ impl RefreshTask {
     /// re-read: another generation of the refresh token means another holder won (and our
     /// `invalid_grant` was about the token it rotated) and its version is used; the same dead
     /// token with other fields changed is deleted at its new version.
-    async fn end(&self, mut based_on: u64, presented: &str) -> Outcome {
+    async fn end(&self, mut based_on: u64, presented: &str, reason: EndReason) -> Outcome {
         for _ in 0..3 {
             match self.store.delete_if_version(&self.key, based_on).await? {
                 DeleteOutcome::Deleted => {
-                    self.stats.session_ended();
+                    self.stats.session_ended(reason);
                     return Err(RefreshError::SessionEnded);
                 }
                 DeleteOutcome::Gone => return Err(RefreshError::SessionEnded),
@@ -448,6 +458,7 @@ impl Watchdog {
                 match store.renew_lease(&key, &owner, ttl).await {
                     Ok(true) => stats.lease_renewed(),
                     Ok(false) => {
+                        stats.lease_lost();
                         tracing::warn!(session = %key, "refresh lease lost while refreshing; the version check still guards the write");
                         return;
                     }

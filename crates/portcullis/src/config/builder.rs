@@ -76,6 +76,7 @@ impl Config {
                 authorization: AuthorizationRules::default(),
                 bearer: BearerConfig::default(),
                 log: LogConfig::default(),
+                metrics: Default::default(),
             },
         }
     }

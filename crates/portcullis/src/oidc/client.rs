@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     config::OidcConfig,
+    metrics::{Metrics, OpEndpoint, OpMetrics},
     session::{Identity, TokenSet, now_millis},
 };
 
@@ -30,6 +31,13 @@ pub struct OidcClient {
     groups_claim: String,
     extra_auth_params: Vec<(String, String)>,
     allow_unverified_email: bool,
+    metrics: OpMetrics,
+}
+
+/// A token-endpoint answer the caller cannot use: `invalid_grant` is a definitive answer, not
+/// a failure of the call.
+fn token_call_failed<T>(result: &Result<T, TokenError>) -> bool {
+    matches!(result, Err(e) if !matches!(e, TokenError::InvalidGrant))
 }
 
 impl std::fmt::Debug for OidcClient {
@@ -41,9 +49,21 @@ impl std::fmt::Debug for OidcClient {
 impl OidcClient {
     /// Runs discovery and fetches the JWKS.
     pub async fn discover(config: &OidcConfig, redirect_uri: Url, post_logout_redirect_uri: Url) -> Result<Self, OidcError> {
+        Self::discover_with_metrics(config, redirect_uri, post_logout_redirect_uri, &Metrics::default()).await
+    }
+
+    /// [`OidcClient::discover`], timing every call to the OP into `metrics`
+    /// (`portcullis_op_request_duration_seconds{endpoint}`).
+    pub async fn discover_with_metrics(
+        config: &OidcConfig,
+        redirect_uri: Url,
+        post_logout_redirect_uri: Url,
+        metrics: &Metrics,
+    ) -> Result<Self, OidcError> {
+        let op = metrics.op.clone();
         let http = super::http::client(config.http_timeout);
-        let metadata = ProviderMetadata::discover(&http, &config.issuer).await?;
-        let jwks = JwksCache::fetch_new(http.clone(), metadata.jwks_uri.clone()).await?;
+        let metadata = op.time(OpEndpoint::Discovery, ProviderMetadata::discover(&http, &config.issuer), Result::is_err).await?;
+        let jwks = JwksCache::fetch_new(http.clone(), metadata.jwks_uri.clone(), op.clone()).await?;
         let algorithms = config
             .id_token_algorithms
             .iter()
@@ -67,6 +87,7 @@ impl OidcClient {
             groups_claim: config.groups_claim.clone(),
             extra_auth_params: config.extra_auth_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             allow_unverified_email: config.allow_unverified_email,
+            metrics: op,
         })
     }
 
@@ -93,8 +114,11 @@ impl OidcClient {
     pub(crate) async fn introspect(&self, token: &str) -> Result<Option<serde_json::Map<String, Value>>, OidcError> {
         let Some(endpoint) = &self.metadata.introspection_endpoint else { return Ok(None) };
         let form = vec![("token", token.to_string()), ("token_type_hint", "access_token".to_string())];
-        let response = token::authenticated_post(&self.http, endpoint, &self.creds, form)
-            .send()
+        let send = token::authenticated_post(&self.http, endpoint, &self.creds, form).send();
+        let usable = |r: &reqwest::Response| r.status().is_success() || r.status() == reqwest::StatusCode::BAD_REQUEST;
+        let response = self
+            .metrics
+            .time(OpEndpoint::Introspection, send, |r| !r.as_ref().is_ok_and(usable))
             .await
             .map_err(|e| OidcError::Introspection(super::http::describe(&e)))?;
         // 400: the OP read the request and will not vouch for the token (oidc-provider answers
@@ -149,8 +173,8 @@ impl OidcClient {
             ("redirect_uri", self.redirect_uri.to_string()),
             ("code_verifier", code_verifier.to_string()),
         ];
-        let response =
-            token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form)).await?;
+        let request = token::request_tokens(token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form));
+        let response = self.metrics.time(OpEndpoint::Token, request, token_call_failed).await?;
         let issued_at = received_at();
         let id_token = response.id_token.as_deref().ok_or(OidcError::IdToken("the token response has no id_token".into()))?;
         let claims = id_token::validate(id_token, &self.jwks, &self.expect(Some(nonce), None)).await?;
@@ -174,7 +198,7 @@ impl OidcClient {
         };
         let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token)];
         let request = token::authenticated_post(&self.http, &self.metadata.token_endpoint, &self.creds, form).timeout(wait);
-        let mut response = token::request_refresh(request).await?;
+        let mut response = self.metrics.time(OpEndpoint::Token, token::request_refresh(request), token_call_failed).await?;
         let issued_at = received_at();
         let identity = match response.id_token.as_deref() {
             None => None,
@@ -204,8 +228,10 @@ impl OidcClient {
     pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<(), OidcError> {
         let Some(endpoint) = &self.metadata.revocation_endpoint else { return Ok(()) };
         let form = vec![("token", refresh_token.to_string()), ("token_type_hint", "refresh_token".to_string())];
-        let response = token::authenticated_post(&self.http, endpoint, &self.creds, form)
-            .send()
+        let send = token::authenticated_post(&self.http, endpoint, &self.creds, form).send();
+        let response = self
+            .metrics
+            .time(OpEndpoint::Revocation, send, |r| !r.as_ref().is_ok_and(|r| r.status().is_success()))
             .await
             .map_err(|e| OidcError::Revocation(super::http::describe(&e)))?;
         if !response.status().is_success() {

@@ -238,7 +238,7 @@ impl JwksServer {
     }
 
     async fn cache(&self) -> JwksCache {
-        JwksCache::fetch_new(http::client(Duration::from_secs(5)), self.uri.clone()).await.expect("initial JWKS fetch")
+        JwksCache::fetch_new(http::client(Duration::from_secs(5)), self.uri.clone(), Default::default()).await.expect("initial JWKS fetch")
     }
 }
 

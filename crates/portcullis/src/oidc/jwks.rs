@@ -15,6 +15,7 @@ use tokio::{sync::Mutex, time::Instant};
 use url::Url;
 
 use super::OidcError;
+use crate::metrics::{OpEndpoint, OpMetrics};
 
 /// Least time between two refetches triggered by unknown keys.
 const REFETCH_COOL_DOWN: Duration = Duration::from_secs(10);
@@ -26,12 +27,17 @@ pub(crate) struct JwksCache {
     keys: RwLock<Arc<JwkSet>>,
     /// Held while fetching: the single flight. Holds when the last fetch happened.
     fetch: Mutex<Option<Instant>>,
+    metrics: OpMetrics,
 }
 
 impl JwksCache {
-    pub(crate) async fn fetch_new(http: reqwest::Client, uri: Url) -> Result<Self, OidcError> {
-        let keys = fetch(&http, &uri).await?;
-        Ok(Self { uri, http, keys: RwLock::new(Arc::new(keys)), fetch: Mutex::new(Some(Instant::now())) })
+    pub(crate) async fn fetch_new(http: reqwest::Client, uri: Url, metrics: OpMetrics) -> Result<Self, OidcError> {
+        let keys = metrics.time(OpEndpoint::Jwks, fetch(&http, &uri), Result::is_err).await?;
+        Ok(Self { uri, http, keys: RwLock::new(Arc::new(keys)), fetch: Mutex::new(Some(Instant::now())), metrics })
+    }
+
+    async fn fetch(&self) -> Result<JwkSet, OidcError> {
+        self.metrics.time(OpEndpoint::Jwks, fetch(&self.http, &self.uri), Result::is_err).await
     }
 
     fn current(&self) -> Arc<JwkSet> {
@@ -73,7 +79,7 @@ impl JwksCache {
                 // The attempt starts the cool-down, whether or not it succeeds: an OP whose JWKS
                 // endpoint fails must not turn each forged kid into another fetch.
                 *last = Some(Instant::now());
-                let fresh = fetch(&self.http, &self.uri).await?;
+                let fresh = self.fetch().await?;
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
             }
         }
@@ -106,7 +112,7 @@ impl JwksCache {
     /// usable key is treated as a failure: it is a broken answer far more often than an OP
     /// that means to accept no logins, and keeping the old set costs nothing in that case.
     pub(crate) async fn refresh_all(&self) -> Result<Refreshed, OidcError> {
-        let fresh = fetch(&self.http, &self.uri).await?;
+        let fresh = self.fetch().await?;
         if fresh.keys.is_empty() {
             return Err(OidcError::Jwks("the JWKS has no usable key; keeping the last good set".into()));
         }

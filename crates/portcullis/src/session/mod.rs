@@ -4,6 +4,7 @@
 
 mod changes;
 mod id;
+mod instrumented;
 mod memory;
 mod read_cache;
 mod record;
@@ -14,6 +15,7 @@ mod store;
 
 pub use changes::{ChangeFeed, ChangeWatch};
 pub use id::{CookieCodec, SessionId, SessionKey};
+pub use instrumented::InstrumentedStore;
 pub use memory::MemoryStore;
 pub use read_cache::{CachedStore, ReadCacheSettings, ReadCacheStats};
 pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, UnsettledRefresh, now_millis};
