@@ -64,6 +64,8 @@
 # per request during the measured run (utime+stime from /proc, workers included): on a small
 # machine where wrk and the servers share the cores, that is the figure that compares
 # implementations rather than the scheduler.
+# For the targets that keep sessions in Redis, a second table gives the Redis commands each
+# request caused (INFO commandstats, reset before the measured run).
 #
 # Everything binds 127.0.0.1 on free ports; every process started here is stopped on exit.
 # Needs root (or sudo) only to install missing packages (wrk, nginx, redis-server, node, apache2,
