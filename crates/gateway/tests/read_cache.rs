@@ -72,6 +72,9 @@ impl Cluster {
     }
 }
 
+/// One call of the loops: started, finished, instance, the token the upstream got.
+type Call = (Instant, Instant, usize, Option<String>);
+
 fn rand_tag() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -94,7 +97,7 @@ async fn refresh_and_logout_through_one_instance_reach_the_others() {
     let t1 = t1.expect("a token");
 
     // B and C keep calling: (started, finished, instance, token).
-    let calls: Arc<Mutex<Vec<(Instant, Instant, usize, Option<String>)>>> = Arc::default();
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loops = Vec::new();
     for i in [1, 2] {
