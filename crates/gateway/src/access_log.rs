@@ -14,7 +14,8 @@
 //!   is made and nothing is formatted.
 //!
 //! The duration stops when the response head is ready: bodies (and upgraded connections)
-//! stream afterwards and may last as long as the client reads.
+//! stream afterwards and may last as long as the client reads. A client that goes away before
+//! the answer gets a line with status 499 (nginx's "client closed request").
 
 use std::{
     net::IpAddr,
@@ -64,30 +65,49 @@ impl AccessLog {
         let id = RequestId::for_request(&req, peer.is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(&ip))));
         req.headers_mut().insert(X_REQUEST_ID, id.header_value());
         // Only when the line will be written: the note costs an allocation per request.
-        let note = tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| {
+        let mut line = tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| {
             let note = Arc::new(RequestNote::default());
             req.extensions_mut().insert(note.clone());
-            (note, req.method().clone(), endpoint_label(req.uri().path()))
+            let endpoint = endpoint_label(req.uri().path());
+            Line { note, method: req.method().clone(), endpoint, id: id.clone(), peer, started, status: None }
         });
         let mut response = self.gateway.serve(req).await;
         response.headers_mut().insert(X_REQUEST_ID, id.header_value());
-        if let Some((note, method, endpoint)) = note {
-            let user = note.caller.get().map_or("-", |c| c.identity().user.as_str());
-            tracing::info!(
-                target: TARGET,
-                method = %method,
-                route = note.route.get().map_or(endpoint, |r| r.label()),
-                status = response.status().as_u16(),
-                duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-                // A `&str` field: quoted and escaped by both formats (the claim is the OP's
-                // text and may hold anything, a newline too).
-                user = user,
-                request_id = id.as_str(),
-                peer = %DisplayPeer(peer),
-                "request"
-            );
+        if let Some(line) = &mut line {
+            line.status = Some(response.status().as_u16());
         }
         response
+    }
+}
+
+/// One request's access line, written when it is dropped: after the answer, or when the client
+/// went away first and the request's future was dropped (status 499, nginx's "client closed
+/// request"), so an abandoned request is logged too.
+struct Line {
+    note: Arc<RequestNote>,
+    method: http::Method,
+    endpoint: &'static str,
+    id: RequestId,
+    peer: Option<IpAddr>,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: TARGET,
+            method = %self.method,
+            route = self.note.route.get().map_or(self.endpoint, |r| r.label()),
+            status = self.status.unwrap_or(499),
+            duration_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            // A `&str` field: quoted and escaped by both formats (the claim is the OP's text
+            // and may hold anything, a newline too).
+            user = self.note.caller.get().map_or("-", |c| c.identity().user.as_str()),
+            request_id = self.id.as_str(),
+            peer = %DisplayPeer(self.peer),
+            "request"
+        );
     }
 }
 

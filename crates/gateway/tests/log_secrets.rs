@@ -443,3 +443,26 @@ fn check_config_refuses_a_bad_log_level() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("log.level"), "{}", String::from_utf8_lossy(&bad.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that gives up before the upstream answers still gets its access line: 499.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_is_logged_as_499() {
+    let silent = portcullis_testkit::Upstream::silent().await;
+    let mut options = portcullis_testkit::GatewayOptions::new("http://127.0.0.1:9", &silent.url());
+    options.routes = vec![("/".into(), silent.url(), "allow".into())];
+    let gateway = portcullis_testkit::Gateway::start(common::BIN, &options).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let gone = client.get(format!("{}/slow", gateway.url())).send().await;
+    assert!(gone.is_err_and(|e| e.is_timeout()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = gateway.log_text();
+        let line = log.lines().find(|l| l.contains("portcullis::access") && l.contains("route=\"/\""));
+        if let Some(line) = line {
+            assert!(line.contains("status=499"), "{line}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no access line for the abandoned request:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
