@@ -19,7 +19,7 @@ pub(crate) struct Route {
     /// The upstream's scheme, authority and base path, parsed once here rather than on every
     /// request (the hot path only joins the request's path onto them).
     pub(crate) target: UpstreamTarget,
-    /// The route's metric handles (`route` = its prefix), resolved when the table is built.
+    /// The route's metric handles (`route` = its name, else its prefix, as in the access log), resolved when the table is built.
     pub(crate) metrics: Arc<RouteMetrics>,
 }
 
@@ -50,7 +50,7 @@ impl Route {
             authority: authority.parse().expect("a URL's host and port form an authority"),
             base_path: upstream.path().trim_end_matches('/').to_string(),
         };
-        let metrics = metrics.route(&prefix);
+        let metrics = metrics.route(config.label());
         Self { prefix, upstream, config: Arc::new(config), target, metrics }
     }
 }
