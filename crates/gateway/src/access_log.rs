@@ -18,7 +18,9 @@
 //! the answer gets a line with status 499 (nginx's "client closed request").
 
 use std::{
+    future::Future,
     net::IpAddr,
+    pin::Pin,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -55,13 +57,14 @@ impl AccessLog {
 
     /// Answers one request: the id decided and set, the gateway's answer, the id returned,
     /// the line logged.
-    pub(crate) async fn serve<B>(self, mut req: Request<B>) -> Response
+    /// Boxed once here (the gateway's own future is not: see [`Gateway::serve`]).
+    pub(crate) fn serve<B>(&self, mut req: Request<B>, peer_info: Option<&Peer>) -> Pin<Box<dyn Future<Output = Response> + Send>>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
         let started = Instant::now();
-        let peer = req.extensions().get::<Peer>().map(|p| p.ip);
+        let peer = peer_info.map(|p| p.ip);
         let id = RequestId::for_request(&req, peer.is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(&ip))));
         req.headers_mut().insert(X_REQUEST_ID, id.header_value());
         // Only when the line will be written: the note costs an allocation per request.
@@ -71,12 +74,15 @@ impl AccessLog {
             let endpoint = endpoint_label(req.uri().path());
             Line { note, method: req.method().clone(), endpoint, id: id.clone(), peer, started, status: None }
         });
-        let mut response = self.gateway.serve(req).await;
-        response.headers_mut().insert(X_REQUEST_ID, id.header_value());
-        if let Some(line) = &mut line {
-            line.status = Some(response.status().as_u16());
-        }
-        response
+        let answer = self.gateway.serve_unboxed(req, peer_info);
+        Box::pin(async move {
+            let mut response = answer.await;
+            response.headers_mut().insert(X_REQUEST_ID, id.header_value());
+            if let Some(line) = &mut line {
+                line.status = Some(response.status().as_u16());
+            }
+            response
+        })
     }
 }
 
@@ -145,8 +151,8 @@ fn endpoint_label(path: &str) -> &'static str {
 }
 
 /// Tells the access log who the caller is (the forward step, where `Caller` is known).
-pub(crate) fn note_caller<B>(req: &Request<B>) {
-    if let (Some(note), Some(caller)) = (req.extensions().get::<Arc<RequestNote>>(), req.extensions().get::<Caller>()) {
+pub(crate) fn note_caller<B>(req: &Request<B>, caller: &Caller) {
+    if let Some(note) = req.extensions().get::<Arc<RequestNote>>() {
         let _ = note.caller.set(caller.clone());
     }
 }

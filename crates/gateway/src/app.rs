@@ -8,11 +8,12 @@
 //! 2. `/oauth2/auth` and `/oauth2/auth/*` (forward-auth for nginx, Caddy, Traefik, Envoy):
 //!    `forward_auth_route` canonicalizes the original URI the front proxy names and looks up
 //!    its route (so the route's policy and rules apply), then the library's endpoint answers.
-//! 3. Everything else: the route table picks the route (404 when none) and tells the auth layer
-//!    the route's policy; the auth layer resolves the session (refreshing if due) and sets the
-//!    identity headers; the authorization layer applies the global and the route's rules to
-//!    that caller (403, or anonymous on a public route); the proxy streams the request to the
-//!    route's upstream.
+//! 3. Everything else ([`Proxied`], one hand-written service, reached without the router for
+//!    any path outside `/oauth2/` and the probes): the route table picks the route (404 when
+//!    none); the library's auth layer, called as a function with the route's policy, resolves
+//!    the session (refreshing if due) and sets the identity headers, and applies the global and
+//!    the route's authorization rules to that caller (403, or anonymous on a public route); the
+//!    proxy streams the request to the route's upstream.
 
 use std::sync::Arc;
 
@@ -26,10 +27,10 @@ use axum::{
 };
 use http::StatusCode;
 use portcullis::{
-    auth::{AuthLayer, Authenticator, AuthorizeLayer, Failure, OriginalRequest, RequestKind},
+    auth::{Admission, AuthLayer, Authenticator, Failure, GlobalRules, OriginalRequest, RequestKind},
     config::{Config, Unauthenticated},
 };
-use tower::{Layer, service_fn};
+use tower::service_fn;
 
 use crate::{
     boundary::{Boundary, Gateway},
@@ -37,28 +38,26 @@ use crate::{
     health::{self, Readiness},
     metrics::{self, HttpMetrics},
     proxy::Proxy,
-    routes::{LiveRoutes, Route},
+    routes::LiveRoutes,
 };
 
-/// The whole router, serving the route table `table` holds (a reload replaces it).
+/// The whole gateway, serving the route table `table` holds (a reload replaces it).
 pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, readiness: Readiness, http: &HttpMetrics) -> Gateway {
-    let proxy = Arc::new(Proxy::new(config.server.client_body_timeout));
-    let forward = service_fn(move |req: Request<Body>| {
-        let proxy = proxy.clone();
-        async move {
-            let route = req.extensions().get::<Arc<Route>>().cloned().expect("select_route ran first");
-            crate::access_log::note_caller(&req);
-            Ok::<_, std::convert::Infallible>(proxy.forward(&route, req).await)
-        }
+    let proxied = Arc::new(Proxied {
+        table: table.clone(),
+        auth: AuthLayer::new(auth.clone(), Unauthenticated::Login),
+        // The authenticator's live rules: a reload replaces them.
+        rules: auth.global_rules(),
+        proxy: Proxy::new(config.server.client_body_timeout),
     });
-    // Innermost first. Authorization: the global and the route's rules on the caller the auth
-    // layer found (its current identity, re-read per request, so a refresh's claims count).
-    // The global rules are the authenticator's live ones: a reload replaces them.
-    let authorized = AuthorizeLayer::new(auth.global_rules()).layer(forward);
-    // Authentication: cookie → session (refreshing if due), the route's policy without one.
-    let authenticated = AuthLayer::new(auth.clone(), Unauthenticated::Login).layer(authorized);
-    // Routing: the route, its policy and its config as request extensions, or 404.
-    let gateway = Router::new().fallback_service(authenticated).layer(middleware::from_fn_with_state(table.clone(), select_route));
+    // Paths under `/oauth2/` the library does not answer fall through to the route table.
+    let fallback = {
+        let proxied = proxied.clone();
+        service_fn(move |req: Request<Body>| {
+            let proxied = proxied.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxied.serve(req).await) }
+        })
+    };
 
     // Forward-auth: the original URI's route picked here, the answer given by the library.
     let forward_auth_routing = Arc::new(ForwardAuthRouting { table, paths: canonical_path::Settings::new(config) });
@@ -70,34 +69,63 @@ pub(crate) fn router(config: &Config, table: LiveRoutes, auth: Authenticator, re
         .merge(forward_auth)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz).with_state(readiness))
-        // Request metrics of the endpoints above, by path; proxied requests record
-        // theirs with their route's handles in `select_route`.
+        // Request metrics of the endpoints above, by path; proxied requests record theirs
+        // with their route's handles in `Proxied::serve`.
         .route_layer(middleware::from_fn_with_state(http.clone(), metrics::track_endpoint))
-        .merge(gateway);
+        .fallback_service(fallback);
     // The boundary runs before the router matches, so every route below sees the canonical
     // path and none of the client's copies of gateway-owned headers.
-    Gateway { boundary: Arc::new(Boundary::new(config, http.route("refused"))), router: routed }
+    Gateway::new(Arc::new(Boundary::new(config, http.route("refused"))), routed, proxied)
 }
 
-/// Picks the route and hands its policy to the auth layer.
-async fn select_route(State(table): State<LiveRoutes>, mut req: Request, next: Next) -> Response {
-    let started = tokio::time::Instant::now();
-    let Some(route) = table.load().lookup(req.uri().path()).cloned() else {
-        let mut failure = Failure::bad_request("no_route", "There is nothing at this address.");
-        failure.status = StatusCode::NOT_FOUND;
-        let response = failure.respond(RequestKind::of(req.headers())).into_response();
-        table.load().unmatched.record(response.status(), started.elapsed());
-        return response;
-    };
-    let metrics = route.metrics.clone();
-    // The route's settings for the library's layers (policy, CSRF switch, bearer mode,
-    // audiences, scopes, rules): one extension, read by each layer.
-    crate::access_log::note_route(&req, &route.config);
-    req.extensions_mut().insert(route.config.clone());
-    req.extensions_mut().insert(route);
-    let response = next.run(req).await;
-    metrics.record(response.status(), started.elapsed());
-    response
+/// Whether `path` may be one the router answers itself (`/oauth2/*`, the probes); every other
+/// path goes straight to [`Proxied`], the hot path, without the router's dispatch.
+pub(crate) fn is_router_path(path: &str) -> bool {
+    path.starts_with("/oauth2/") || path == "/healthz" || path == "/readyz"
+}
+
+/// The proxy path as one hand-written service: route lookup, then the library's auth layer
+/// (session, cross-site check, identity headers) and authorization rules called as functions,
+/// then the proxy. The auth layer, the authorization layer, a `from_fn` router layer and a
+/// `service_fn` each cost a boxed future, a service clone and extension inserts per request
+/// (BENCHMARKS.md, issue 10). This is the one place where a request's route, caller, status
+/// and duration are all known.
+pub(crate) struct Proxied {
+    table: LiveRoutes,
+    auth: AuthLayer,
+    /// `[authorization]`, applied with the route's own rules to every caller (reloadable).
+    rules: GlobalRules,
+    proxy: Proxy,
+}
+
+impl Proxied {
+    /// Answers one request that the boundary let through.
+    pub(crate) async fn serve(&self, mut req: Request<Body>) -> Response {
+        let started = tokio::time::Instant::now();
+        let table = self.table.load();
+        let Some(route) = table.lookup(req.uri().path()) else {
+            let mut failure = Failure::bad_request("no_route", "There is nothing at this address.");
+            failure.status = StatusCode::NOT_FOUND;
+            let response = failure.respond(RequestKind::of(req.headers())).into_response();
+            table.unmatched.record(response.status(), started.elapsed());
+            return response;
+        };
+        crate::access_log::note_route(&req, &route.config);
+        let rules = self.rules.load();
+        let response = match self.auth.admit(&mut req, Some(&route.config), Some(&rules)).await {
+            Admission::Respond(response) => response,
+            Admission::Forward(admitted) => {
+                if let Some(caller) = &admitted.caller {
+                    crate::access_log::note_caller(&req, caller);
+                }
+                let mut response = self.proxy.forward(route, req).await;
+                admitted.finish(&mut response);
+                response
+            }
+        };
+        route.metrics.record(response.status(), started.elapsed());
+        response
+    }
 }
 
 /// What `forward_auth_route` needs: the route table and the path rules of the boundary.

@@ -1,12 +1,16 @@
 //! The reverse proxy: streams requests to the route's upstream over pooled keep-alive
-//! connections and streams the answer back. Nothing is buffered whole.
+//! connections (`pool`: per worker thread, driven by the request using them) and streams the
+//! answer back. Nothing is buffered whole.
 //!
 //! Per route: a connect timeout (TCP and TLS), a response-head timeout and an optional
-//! request-body limit. The connect timeout lives in the connector, so there is one pooled
-//! client per distinct connect timeout (routes with the same one, the usual case, share a
-//! pool). Wrapping the whole request in one timeout instead could not tell a dead upstream
-//! (connect) from a slow one (response head), and would charge a pooled connection's request
-//! for a connect it never made.
+//! request-body limit. The connect timeout lives in the connector, so there is one connector
+//! per distinct connect timeout (routes with the same one, the usual case, share it); idle
+//! connections are pooled per upstream whatever the timeout they were made with. Wrapping the
+//! whole request in one timeout instead could not tell a dead upstream (connect) from a slow
+//! one (response head), and would charge a pooled connection's request for a connect it never
+//! made.
+
+mod pool;
 
 use std::{
     future::Future,
@@ -26,26 +30,22 @@ use axum::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header, uri::PathAndQuery};
 use http_body::{Frame, SizeHint};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
 use portcullis::auth::{Failure, RequestKind};
 use tokio::sync::oneshot;
 
+use self::pool::{Connector, Upstream, UpstreamError};
 use crate::routes::{Route, UpstreamTarget};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Connector = ConnectTimeout<hyper_rustls::HttpsConnector<HttpConnector>>;
-type HttpsClient = Client<Connector, Body>;
-/// Pooled clients by connect timeout.
-type Clients = Vec<(Duration, Arc<HttpsClient>)>;
+/// Connectors by connect timeout.
+type Connectors = Vec<(Duration, Arc<Connector>)>;
 
 /// Forwards requests to upstreams.
 #[derive(Clone)]
 pub(crate) struct Proxy {
-    /// One pooled client per connect timeout, created on first use (a handful at most).
-    clients: Arc<RwLock<Clients>>,
+    /// One connector per connect timeout, created on first use (a handful at most).
+    connectors: Arc<RwLock<Connectors>>,
     /// Longest a request body may go without a byte (`server.client_body_timeout`).
     body_idle: Duration,
 }
@@ -69,37 +69,39 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 impl Proxy {
     /// `body_idle`: how long a request body may stall (`X-Forwarded-*` come from the boundary).
     pub(crate) fn new(body_idle: Duration) -> Self {
-        Self { clients: Arc::default(), body_idle }
+        Self { connectors: Arc::default(), body_idle }
     }
 
-    fn client(&self, connect_timeout: Duration) -> Arc<HttpsClient> {
-        let found = |clients: &Clients| clients.iter().find(|(t, _)| *t == connect_timeout).map(|(_, c)| c.clone());
-        if let Some(client) = found(&self.clients.read().unwrap_or_else(|e| e.into_inner())) {
-            return client;
+    fn connector(&self, connect_timeout: Duration) -> Arc<Connector> {
+        let found = |connectors: &Connectors| connectors.iter().find(|(t, _)| *t == connect_timeout).map(|(_, c)| c.clone());
+        if let Some(connector) = found(&self.connectors.read().unwrap_or_else(|e| e.into_inner())) {
+            return connector;
         }
-        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = found(&clients) {
-            return client;
+        let mut connectors = self.connectors.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(connector) = found(&connectors) {
+            return connector;
         }
-        let client = Arc::new(build_client(connect_timeout));
-        clients.push((connect_timeout, client.clone()));
-        client
+        let connector = Arc::new(build_connector(connect_timeout));
+        connectors.push((connect_timeout, connector.clone()));
+        connector
     }
 
     /// Forwards `req` to `route`'s upstream.
     pub(crate) async fn forward(&self, route: &Route, mut req: Request<Body>) -> Response {
-        let kind = RequestKind::of(req.headers());
+        // For the refusals; the headers it reads are not edited below.
+        let kind = |req: &Request<Body>| RequestKind::of(req.headers());
         let settings = &route.config;
         let uri = match upstream_uri(&route.target, req.uri()) {
             Some(uri) => uri,
-            None => return Failure::bad_request("bad_request_target", "The request path cannot be forwarded.").respond(kind),
+            None => return Failure::bad_request("bad_request_target", "The request path cannot be forwarded.").respond(kind(&req)),
         };
         if let Some(limit) = settings.max_request_body_bytes
             && content_length(req.headers()).is_some_and(|len| len > limit)
         {
             tracing::info!(route = %route.prefix, limit, "request body above the route's limit (Content-Length)");
-            return too_large(limit).respond(kind);
+            return too_large(limit).respond(kind(&req));
         }
+        let kind = kind(&req);
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
@@ -111,8 +113,8 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        // hyper sets `Host` from the upstream URI.
-        headers.remove(header::HOST);
+        // The upstream's own name, as hyper-util's client set it; the URI in origin form.
+        headers.insert(header::HOST, route.target.host.clone());
         *req.uri_mut() = uri;
         // HTTP/2 from the browser, HTTP/1.1 to the upstream: the client picks the version.
         *req.version_mut() = http::Version::HTTP_11;
@@ -146,10 +148,11 @@ impl Proxy {
             tokio::time::sleep(head_timeout).await;
         };
 
-        let client = self.client(settings.connect_timeout);
+        let upstream =
+            Upstream { key: &route.target.key, origin: &route.target.origin, proxy: self, connect_timeout: settings.connect_timeout };
         let sent_at = tokio::time::Instant::now();
         let outcome = tokio::select! {
-            outcome = client.request(req) => outcome,
+            outcome = pool::send(upstream, req, too_big.clone(), client_upgrade.is_some()) => outcome,
             () = head_deadline => {
                 tracing::warn!(upstream = %route.upstream, route = %route.prefix, timeout = ?head_timeout, "upstream response head timed out");
                 return timeout_failure("The application behind the gateway did not answer in time.").respond(kind);
@@ -189,19 +192,17 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             return tunnel(response, client_upgrade, upstream_upgrade);
         }
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, Body::new(body))
+        strip_hop_by_hop(response.headers_mut());
+        response
     }
 }
 
-fn build_client(connect_timeout: Duration) -> HttpsClient {
+fn build_connector(connect_timeout: Duration) -> Connector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new().with_platform_verifier().https_or_http().enable_http1().wrap_connector(http);
-    let connector = ConnectTimeout { inner: https, timeout: connect_timeout };
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).pool_max_idle_per_host(256).build(connector)
+    ConnectTimeout { inner: https, timeout: connect_timeout }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -226,15 +227,8 @@ fn timeout_failure(message: &str) -> Failure {
 #[error("connecting to the upstream took longer than {0:?}")]
 struct ConnectTimedOut(Duration);
 
-fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if err.downcast_ref::<ConnectTimedOut>().is_some() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+fn is_connect_timeout(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Connect(e) if e.downcast_ref::<ConnectTimedOut>().is_some())
 }
 
 /// A connector with a deadline on the whole connect (TCP and TLS); hyper-util's own
@@ -283,7 +277,8 @@ struct Watched {
     inner: Body,
     limit: Option<u64>,
     seen: u64,
-    /// How the body ended, for the answer: `FLOWING`, `EXCEEDED` or `STALLED`.
+    /// How the body ended, for the answer: `FLOWING`, `EXCEEDED`, `STALLED`, or
+    /// `pool::SENT` (whole: the connection may be reused).
     exceeded: Arc<AtomicU8>,
     sent: Option<oneshot::Sender<()>>,
     idle: Pin<Box<tokio::time::Sleep>>,
@@ -339,12 +334,14 @@ impl http_body::Body for Watched {
                 if this.inner.is_end_stream()
                     && let Some(sent) = this.sent.take()
                 {
+                    this.exceeded.store(pool::SENT, Ordering::Relaxed);
                     let _ = sent.send(());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             None => {
                 if let Some(sent) = this.sent.take() {
+                    this.exceeded.store(pool::SENT, Ordering::Relaxed);
                     let _ = sent.send(());
                 }
                 Poll::Ready(None)
@@ -365,19 +362,15 @@ impl http_body::Body for Watched {
     }
 }
 
-/// The upstream URI: the upstream's scheme and authority, its base path joined with the
-/// request's path, and the request's query.
+/// The upstream request's URI, in origin form (the connection is already the upstream's):
+/// the upstream's base path joined with the request's path, and the request's query.
 fn upstream_uri(target: &UpstreamTarget, original: &Uri) -> Option<Uri> {
     let path_and_query = match (target.base_path.as_str(), original.path_and_query()) {
         ("", Some(pq)) => pq.clone(),
         ("", None) => PathAndQuery::from_static("/"),
         (base, pq) => format!("{base}{}", pq.map_or("/", |p| p.as_str())).parse().ok()?,
     };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(target.scheme.clone());
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).ok()
+    Some(Uri::from(path_and_query))
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: websocket`).
@@ -411,11 +404,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Answers 101 to the client and splices the two upgraded connections together.
-fn tunnel(
-    upstream_response: http::Response<hyper::body::Incoming>,
-    client_upgrade: hyper::upgrade::OnUpgrade,
-    upstream_upgrade: hyper::upgrade::OnUpgrade,
-) -> Response {
+fn tunnel(upstream_response: Response, client_upgrade: hyper::upgrade::OnUpgrade, upstream_upgrade: hyper::upgrade::OnUpgrade) -> Response {
     let (parts, _) = upstream_response.into_parts();
     tokio::spawn(async move {
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -434,11 +423,7 @@ mod tests {
 
     #[test]
     fn joins_base_path_and_keeps_query() {
-        let cases = [
-            ("http://u:9000", "/a/b?x=1", "http://u:9000/a/b?x=1"),
-            ("http://u:9000/base/", "/a?x", "http://u:9000/base/a?x"),
-            ("https://u", "/", "https://u/"),
-        ];
+        let cases = [("http://u:9000", "/a/b?x=1", "/a/b?x=1"), ("http://u:9000/base/", "/a?x", "/base/a?x"), ("https://u", "/", "/")];
         for (upstream, path, expected) in cases {
             let route = Route::new("/".into(), upstream.parse().unwrap(), portcullis::config::Unauthenticated::Login);
             let got = upstream_uri(&route.target, &path.parse().unwrap()).unwrap();

@@ -26,8 +26,13 @@ pub(crate) struct Route {
 /// The parts of an upstream URL the proxy needs per request.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamTarget {
-    pub(crate) scheme: http::uri::Scheme,
-    pub(crate) authority: http::uri::Authority,
+    /// `scheme://authority`: what the connector dials.
+    pub(crate) origin: http::Uri,
+    /// The pool key: the same upstream (scheme, host, port) shares idle connections whichever
+    /// route uses it.
+    pub(crate) key: Arc<str>,
+    /// The `Host` the upstream receives: its host, and its port unless the scheme's default.
+    pub(crate) host: http::HeaderValue,
     /// Path prefix of the upstream URL without its trailing slash ("" for none).
     pub(crate) base_path: String,
 }
@@ -41,13 +46,16 @@ impl Route {
 
     pub(crate) fn from_config(config: RouteConfig, metrics: &HttpMetrics) -> Self {
         let (prefix, upstream) = (config.prefix.clone(), config.upstream.clone());
+        // `Url::port` is `None` for the scheme's default port, as `Host` wants it.
         let authority = match upstream.port() {
             Some(port) => format!("{}:{port}", upstream.host_str().unwrap_or_default()),
             None => upstream.host_str().unwrap_or_default().to_string(),
         };
+        let origin = format!("{}://{authority}", upstream.scheme());
         let target = UpstreamTarget {
-            scheme: upstream.scheme().parse().expect("config validation allows http(s) only"),
-            authority: authority.parse().expect("a URL's host and port form an authority"),
+            origin: origin.parse().expect("config validation allows http(s) URLs with a host only"),
+            key: origin.into(),
+            host: http::HeaderValue::from_str(&authority).expect("a URL's host and port form a header value"),
             base_path: upstream.path().trim_end_matches('/').to_string(),
         };
         let metrics = metrics.route(config.label());

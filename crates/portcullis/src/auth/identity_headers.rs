@@ -109,7 +109,12 @@ pub fn strip_client_identity(headers: &mut HeaderMap, strip_authorization: bool)
 
 /// Sets `Authorization: Bearer` and the user headers from the session.
 pub fn set_identity(headers: &mut HeaderMap, session: &SessionRecord) {
-    if let Ok(mut bearer) = HeaderValue::try_from(format!("Bearer {}", session.tokens.access_token)) {
+    // Built in one buffer the header value then owns (`format!` and `try_from` copied it twice).
+    let token = session.tokens.access_token.as_bytes();
+    let mut value = bytes::BytesMut::with_capacity(7 + token.len());
+    value.extend_from_slice(b"Bearer ");
+    value.extend_from_slice(token);
+    if let Ok(mut bearer) = HeaderValue::from_maybe_shared(value.freeze()) {
         bearer.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, bearer);
     } else {

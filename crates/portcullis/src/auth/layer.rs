@@ -38,13 +38,14 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::{
-    Authenticator, Caller, Failure, RequestKind,
+    Authenticator, Caller, Failure, RequestKind, Session,
+    authorization::{self, Verdict},
     cross_site::{self, Site},
     identity_headers,
 };
 use crate::{
     bearer::{BearerPolicy, BearerSettings},
-    config::{RouteConfig, Unauthenticated},
+    config::{AuthorizationRules, RouteConfig, Unauthenticated},
     session::Identity,
 };
 
@@ -106,14 +107,149 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            auth: self.auth.clone(),
-            default_policy: self.default_policy,
-            default_csrf: self.default_csrf,
-            own_origin: self.own_origin.clone(),
-            default_bearer: self.default_bearer.clone(),
+        AuthService { inner, layer: self.clone() }
+    }
+}
+
+/// What [`AuthLayer::admit`] decided for one request.
+pub enum Admission {
+    /// Forward the request (its headers are edited: identity set, client copies and the
+    /// gateway's cookies removed); the response then goes through [`Admitted::finish`].
+    Forward(Admitted),
+    /// Answer with this instead (login redirect, 401, 403, 503).
+    Respond(Response),
+}
+
+/// A request that may be forwarded, and who it comes from.
+pub struct Admitted {
+    /// Who the request comes from; `None` on an `allow` route without one (or a caller served
+    /// anonymously there because it failed the authorization rules).
+    pub caller: Option<Caller>,
+    /// The session behind a [`Caller::Session`].
+    pub session: Option<Session>,
+    /// `Set-Cookie` values the response must carry (a cookie-store refresh re-sealed the
+    /// session); kept when the caller is served anonymously.
+    set_cookies: Vec<http::HeaderValue>,
+}
+
+impl Admitted {
+    fn anonymous() -> Self {
+        Self { caller: None, session: None, set_cookies: Vec::new() }
+    }
+
+    /// Adds what the response owes the browser (the re-sealed session cookie).
+    pub fn finish(self, response: &mut Response) {
+        append_cookies(response, self.set_cookies);
+    }
+}
+
+fn append_cookies(response: &mut Response, cookies: Vec<http::HeaderValue>) {
+    for cookie in cookies {
+        response.headers_mut().append(http::header::SET_COOKIE, cookie);
+    }
+}
+
+impl AuthLayer {
+    /// The whole of the layer's work on one request, for a service that calls it itself
+    /// instead of being wrapped (the gateway's proxy path: no boxed future per layer, no
+    /// extensions). `route` is the request's route (its policy, CSRF switch and bearer
+    /// settings; else a request's `Arc<RouteConfig>` extension, else the layer's defaults).
+    /// With `rules`, the authorization rules [`AuthorizeLayer`](super::AuthorizeLayer) would
+    /// apply (the global ones, and the route's) are applied too.
+    pub async fn admit<B>(&self, req: &mut Request<B>, route: Option<&RouteConfig>, rules: Option<&AuthorizationRules>) -> Admission {
+        let extension = match route {
+            Some(_) => None,
+            None => req.extensions().get::<Arc<RouteConfig>>().cloned(),
+        };
+        let route = route.or(extension.as_deref());
+        // Explicit extensions first (library users), then the route's settings.
+        let policy = req.extensions().get::<Unauthenticated>().copied().or(route.map(|r| r.unauthenticated)).unwrap_or(self.default_policy);
+        let csrf = req
+            .extensions()
+            .get::<CsrfProtection>()
+            .copied()
+            .or(route.map(|r| CsrfProtection::from(r.csrf_protection)))
+            .unwrap_or(self.default_csrf);
+        let auth = &self.auth;
+        let cookie_name = &auth.cookies().session_name;
+        // `RequestKind` is read only where a response is made: forwarded requests never need it.
+        let outcome = auth.authenticate(req.headers()).await;
+        let mut admitted = match outcome {
+            Ok(Some(session)) => {
+                // Every session today comes from the cookie, which the browser attaches to
+                // requests other sites make it send: that ambient authority is what a forged
+                // request borrows. A request that authenticates by a bearer token it carries
+                // itself (below) skips this check. Requests without a session, on `allow`
+                // routes, borrow nothing and are not checked. Judged on the headers as the
+                // client sent them (before the edits below).
+                if csrf == CsrfProtection::On
+                    && cross_site::needs_same_origin(req.method(), req.headers())
+                    && let Site::Other(reason) = cross_site::judge(req.headers(), &self.own_origin)
+                {
+                    tracing::warn!(session = %session.key, method = %req.method(), path = %req.uri().path(), reason, "cross-site request refused");
+                    let mut response = Failure::cross_site().respond(RequestKind::of(req.headers()));
+                    // A cookie-store refresh re-sealed the session: the browser must still get
+                    // the new cookie, or its old one would stop working.
+                    append_cookies(&mut response, session.set_cookies);
+                    return Admission::Respond(response);
+                }
+                let headers = req.headers_mut();
+                identity_headers::strip_client_identity(headers, true);
+                identity_headers::set_identity(headers, &session.record);
+                identity_headers::strip_cookie(headers, cookie_name);
+                let set_cookies = session.set_cookies.clone();
+                Admitted { caller: Some(Caller::Session(session.record.clone())), session: Some(session), set_cookies }
+            }
+            Ok(None) => {
+                let bearer = match route {
+                    Some(route) => BearerPolicy::from(route),
+                    None => self.default_bearer.policy(),
+                };
+                match auth.authenticate_bearer_with(req.headers(), &bearer).await {
+                    Ok(Some(identity)) => {
+                        let headers = req.headers_mut();
+                        // The client's identity headers go; its Authorization (the token just
+                        // validated) stays, unchanged.
+                        identity_headers::strip_client_identity(headers, false);
+                        identity_headers::strip_cookie(headers, cookie_name);
+                        set_bearer_identity(headers, &identity);
+                        Admitted { caller: Some(Caller::Bearer(identity)), session: None, set_cookies: Vec::new() }
+                    }
+                    Err(e) => return Admission::Respond(e.respond(bearer.required_scopes)),
+                    Ok(None) => match without_session(policy, auth, req, cookie_name).await {
+                        Some(response) => return Admission::Respond(response),
+                        None => Admitted::anonymous(),
+                    },
+                }
+            }
+            Err(_) if policy == Unauthenticated::Allow => match without_session(policy, auth, req, cookie_name).await {
+                Some(response) => return Admission::Respond(response),
+                None => Admitted::anonymous(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, path = %req.uri().path(), "request refused; session kept");
+                return Admission::Respond(e.failure().respond(RequestKind::of(req.headers())));
+            }
+        };
+        if let (Some(global), Some(caller)) = (rules, &admitted.caller) {
+            match authorization::decide(Some(caller), global, route, None, policy) {
+                Verdict::Pass => {}
+                Verdict::Anonymous(refusal) => {
+                    authorization::log_refusal(caller, route, &refusal, true);
+                    // What was set for the caller goes: the token and the identity headers.
+                    identity_headers::strip_client_identity(req.headers_mut(), true);
+                    admitted.caller = None;
+                    admitted.session = None;
+                }
+                Verdict::Refuse(refusal) => {
+                    authorization::log_refusal(caller, route, &refusal, false);
+                    let mut response = refusal.failure(caller.identity()).respond(RequestKind::of(req.headers()));
+                    append_cookies(&mut response, admitted.set_cookies);
+                    return Admission::Respond(response);
+                }
+            }
         }
+        Admission::Forward(admitted)
     }
 }
 
@@ -121,11 +257,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    auth: Authenticator,
-    default_policy: Unauthenticated,
-    default_csrf: CsrfProtection,
-    own_origin: Arc<str>,
-    default_bearer: Arc<BearerSettings>,
+    layer: AuthLayer,
 }
 
 impl<S> Service<Request<Body>> for AuthService<S>
@@ -145,116 +277,41 @@ where
         // The clone that was polled ready serves this call; the fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = self.auth.clone();
-        // Explicit extensions first (library users), then the route's settings (the gateway
-        // inserts its `Arc<RouteConfig>` only: each extra extension is a boxed insert per request).
-        let route = req.extensions().get::<Arc<RouteConfig>>().cloned();
-        let policy =
-            req.extensions().get::<Unauthenticated>().copied().or(route.as_ref().map(|r| r.unauthenticated)).unwrap_or(self.default_policy);
-        let csrf = req
-            .extensions()
-            .get::<CsrfProtection>()
-            .copied()
-            .or(route.as_ref().map(|r| CsrfProtection::from(r.csrf_protection)))
-            .unwrap_or(self.default_csrf);
-        let own_origin = self.own_origin.clone();
-        let default_bearer = self.default_bearer.clone();
+        let layer = self.layer.clone();
         Box::pin(async move {
-            let cookie_name = auth.cookies().session_name.clone();
-            let kind = RequestKind::of(req.headers());
-            // Judged before the headers are edited below; acted on only when there is a session.
-            let cross_site = match csrf == CsrfProtection::On && cross_site::needs_same_origin(req.method(), req.headers()) {
-                true => match cross_site::judge(req.headers(), &own_origin) {
-                    Site::Other(reason) => Some((reason, req.method().clone(), req.uri().path().to_string())),
-                    Site::SameOrigin | Site::Unknown => None,
-                },
-                false => None,
-            };
-            let outcome = auth.authenticate(req.headers()).await;
-            match outcome {
-                Ok(Some(session)) => {
-                    let headers = req.headers_mut();
-                    // Every session today comes from the cookie, which the browser attaches to
-                    // requests other sites make it send: that ambient authority is what a
-                    // forged request borrows. A request that authenticates by a bearer token
-                    // it carries itself (below) skips this check. Requests without a session,
-                    // on `allow` routes, borrow nothing and are not checked.
-                    if let Some((reason, method, path)) = cross_site {
-                        tracing::warn!(session = %session.key, %method, %path, reason, "cross-site request refused");
-                        let mut response = Failure::cross_site().respond(kind);
-                        // A cookie-store refresh re-sealed the session: the browser must still
-                        // get the new cookie, or its old one would stop working.
-                        for cookie in session.set_cookies {
-                            response.headers_mut().append(http::header::SET_COOKIE, cookie);
-                        }
-                        return Ok(response);
+            match layer.admit(&mut req, None, None).await {
+                Admission::Respond(response) => Ok(response),
+                Admission::Forward(mut admitted) => {
+                    if let Some(caller) = admitted.caller.take() {
+                        req.extensions_mut().insert(caller);
                     }
-                    identity_headers::strip_client_identity(headers, true);
-                    identity_headers::set_identity(headers, &session.record);
-                    identity_headers::strip_cookie(headers, &cookie_name);
-                    let set_cookies = session.set_cookies.clone();
-                    req.extensions_mut().insert(Caller::Session(session.record.clone()));
-                    req.extensions_mut().insert(session);
+                    if let Some(session) = admitted.session.take() {
+                        req.extensions_mut().insert(session);
+                    }
                     let mut response = inner.call(req).await?;
-                    for cookie in set_cookies {
-                        response.headers_mut().append(http::header::SET_COOKIE, cookie);
-                    }
+                    admitted.finish(&mut response);
                     Ok(response)
-                }
-                Ok(None) => {
-                    let bearer = match &route {
-                        Some(route) => BearerPolicy::from(&**route),
-                        None => default_bearer.policy(),
-                    };
-                    match auth.authenticate_bearer_with(req.headers(), &bearer).await {
-                        Ok(Some(identity)) => {
-                            let headers = req.headers_mut();
-                            // The client's identity headers go; its Authorization (the token
-                            // just validated) stays, unchanged.
-                            identity_headers::strip_client_identity(headers, false);
-                            identity_headers::strip_cookie(headers, &cookie_name);
-                            set_bearer_identity(headers, &identity);
-                            req.extensions_mut().insert(Caller::Bearer(identity));
-                            inner.call(req).await
-                        }
-                        Err(e) => Ok(e.respond(bearer.required_scopes)),
-                        Ok(None) => without_session(policy, kind, &auth, req, inner, &cookie_name).await,
-                    }
-                }
-                Err(_) if policy == Unauthenticated::Allow => without_session(policy, kind, &auth, req, inner, &cookie_name).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %req.uri().path(), "request refused; session kept");
-                    Ok(e.failure().respond(kind))
                 }
             }
         })
     }
 }
 
-/// No session and no bearer identity: the route's `unauthenticated` policy.
-async fn without_session<S>(
-    policy: Unauthenticated,
-    kind: RequestKind,
-    auth: &Authenticator,
-    mut req: Request<Body>,
-    mut inner: S,
-    cookie_name: &str,
-) -> Result<Response, Infallible>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>,
-{
+/// No session and no bearer identity: the route's `unauthenticated` policy. `None`: forward
+/// (an `allow` route, the client's identity headers and the gateway's cookies removed).
+async fn without_session<B>(policy: Unauthenticated, auth: &Authenticator, req: &mut Request<B>, cookie_name: &str) -> Option<Response> {
     match policy {
         Unauthenticated::Allow => {
             let headers = req.headers_mut();
             identity_headers::strip_client_identity(headers, false);
             identity_headers::strip_cookie(headers, cookie_name);
-            inner.call(req).await
+            None
         }
         Unauthenticated::Login => {
             let return_to = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            Ok(auth.login_required(kind, return_to, req.headers()).await)
+            Some(auth.login_required(RequestKind::of(req.headers()), return_to, req.headers()).await)
         }
-        Unauthenticated::Deny => Ok(Failure::unauthenticated(None).respond(kind)),
+        Unauthenticated::Deny => Some(Failure::unauthenticated(None).respond(RequestKind::of(req.headers()))),
     }
 }
 

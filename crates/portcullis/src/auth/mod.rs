@@ -28,7 +28,7 @@ pub use cookies::CookieSettings;
 pub use drain::DrainReport;
 pub use endpoints::{forward_auth_routes, routes};
 pub use forward_auth::{Contract, FORWARD_AUTH_PATH, ForwardedRequest, OriginalRequest, query_rules};
-pub use layer::{AuthLayer, AuthService, CsrfProtection};
+pub use layer::{Admission, Admitted, AuthLayer, AuthService, CsrfProtection};
 pub use login::CallbackQuery;
 pub use provider::ProviderHandle;
 pub use refresh::RefreshError;
