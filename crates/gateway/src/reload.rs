@@ -63,9 +63,11 @@ pub(crate) struct Live {
 /// Top-level keys (or dotted paths) a reload applies; every other difference needs a restart.
 const RELOADABLE: &[&str] = &["routes", "authorization", "log.level"];
 
-/// Keys compared by value elsewhere (secrets are not serialized) or not at all (a secret's file
-/// path: what counts is the secret it holds).
-const NOT_COMPARED: &[&str] = &["session.secret_file", "oidc.client_secret_file"];
+/// Keys compared by value elsewhere (secrets serialize as `<redacted>`: the session secrets in
+/// `try_reload`, the client secret and the Redis URL in `needs_restart`) or not at all (a
+/// secret's file path: what counts is the secret it holds).
+const NOT_COMPARED: &[&str] =
+    &["session.secret", "session.previous_secrets", "session.secret_file", "oidc.client_secret", "oidc.client_secret_file"];
 
 /// Why a reload was not applied.
 #[derive(Debug, thiserror::Error)]
