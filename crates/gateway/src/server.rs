@@ -11,7 +11,7 @@ use anyhow::Context;
 use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
-    session::{Lifetimes, MemoryStore, RedisStore, SessionStore},
+    session::{Lifetimes, MemoryStore, RedisOptions, RedisStore, SessionStore},
 };
 use tokio::net::TcpListener;
 
@@ -59,7 +59,8 @@ fn build(config: &Config) -> anyhow::Result<(crate::boundary::Gateway, tokio::ta
         StoreKind::Memory | StoreKind::Cookie => (Arc::new(MemoryStore::new(lifetimes)), None),
         StoreKind::Redis => {
             let url = config.session.redis_url.as_deref().context("session.redis_url is required")?;
-            let redis = Arc::new(RedisStore::new(url, lifetimes, config.session.store_timeout)?);
+            let options = RedisOptions::from_config(&config.session).map_err(anyhow::Error::msg)?;
+            let redis = Arc::new(RedisStore::with_options(url, &options, lifetimes, config.session.store_timeout)?);
             (redis.clone(), Some(redis))
         }
     };

@@ -260,6 +260,16 @@ pub struct SessionConfig {
     /// Redis URL, required when `store = "redis"`.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA(s) that sign the Redis servers' certificates, trusted instead of the
+    /// system roots for `rediss` URLs (the usual case: a private CA).
+    #[serde(default)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// ACL user and password for the sentinels of a `redis+sentinel://` URL, when they differ
+    /// from the nodes' (the URL's credentials are the nodes').
+    #[serde(default)]
+    pub redis_sentinel_username: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub redis_sentinel_password: Option<String>,
     /// Key material (at least 32 bytes) for the cookie MAC and login binding.
     #[serde(default, skip_serializing)]
     pub secret: Option<String>,
@@ -337,6 +347,9 @@ impl std::fmt::Debug for SessionConfig {
         let Self {
             store,
             redis_url,
+            redis_ca_file,
+            redis_sentinel_username,
+            redis_sentinel_password,
             secret,
             secret_file,
             previous_secrets,
@@ -349,6 +362,9 @@ impl std::fmt::Debug for SessionConfig {
         f.debug_struct("SessionConfig")
             .field("store", store)
             .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("redis_ca_file", redis_ca_file)
+            .field("redis_sentinel_username", redis_sentinel_username)
+            .field("redis_sentinel_password", &redis_sentinel_password.as_ref().map(|_| REDACTED))
             .field("secret", &secret.as_ref().map(|_| REDACTED))
             .field("secret_file", secret_file)
             .field("previous_secrets", &format_args!("[{} redacted]", previous_secrets.len()))
@@ -367,6 +383,9 @@ const REDACTED: &str = "<redacted>";
 /// also reads `?password=` / `?pass=` on `redis+unix://`) are replaced. A URL that does not
 /// parse is not shown at all.
 fn redact_url(text: &str) -> String {
+    if let Some(redacted) = redis::redact_multi_host(text, REDACTED) {
+        return redacted;
+    }
     match Url::parse(text) {
         Ok(mut url) => {
             if url.password().is_some() {
@@ -698,10 +717,14 @@ impl Config {
         if self.session.store == StoreKind::Redis && self.session.redis_url.is_none() {
             return Err(invalid("session.redis_url", "required when session.store = \"redis\""));
         }
-        if let Some(url) = &self.session.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
-        {
-            return Err(invalid("session.redis_url", "must start with redis://, rediss:// or redis+unix://"));
+        if let Some(url) = &self.session.redis_url {
+            let topology = RedisTopology::parse(url).map_err(|problem| invalid("session.redis_url", problem))?;
+            if self.session.redis_ca_file.is_some() && !topology.tls() {
+                return Err(invalid(
+                    "session.redis_ca_file",
+                    "set, but session.redis_url does not use TLS (rediss://, rediss+sentinel://, rediss+cluster://)",
+                ));
+            }
         }
         if !self.session.cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             || self.session.cookie_name.is_empty()
@@ -820,9 +843,11 @@ pub fn generate_secret() -> String {
 }
 
 mod builder;
+mod redis;
 mod secret_strength;
 
 pub use builder::ConfigBuilder;
+pub use redis::{RedisAuth, RedisNode, RedisTopology};
 
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,9 @@ impl Config {
                 session: SessionConfig {
                     store: StoreKind::default(),
                     redis_url: None,
+                    redis_ca_file: None,
+                    redis_sentinel_username: None,
+                    redis_sentinel_password: None,
                     secret: None,
                     secret_file: None,
                     previous_secrets: Vec::new(),

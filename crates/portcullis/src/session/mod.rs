@@ -15,6 +15,6 @@ pub use changes::{ChangeFeed, ChangeWatch};
 pub use id::{CookieCodec, SessionId, SessionKey};
 pub use memory::MemoryStore;
 pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, UnsettledRefresh, now_millis};
-pub use redis::RedisStore;
+pub use redis::{RedisOptions, RedisStore};
 pub use sealed_cookie::{CookiePayload, CookieSealer, MAX_CHUNKS, chunk_name, chunks_present, join as join_chunks, split as split_chunks};
 pub use store::{CasOutcome, DeleteOutcome, Lifetimes, SessionStore, StoreError};
