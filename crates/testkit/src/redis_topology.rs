@@ -167,7 +167,7 @@ impl TestCerts {
     }
 }
 
-/// An ACL user for the gateway, limited to Portcullis' keys and channels.
+/// An ACL user for the gateway, limited to Portcullis' keys and change channels.
 pub const ACL_USER: &str = "portcullis";
 /// Its password.
 pub const ACL_PASSWORD: &str = "s3cret-acl-pass";
@@ -176,8 +176,10 @@ pub const ACL_PASSWORD: &str = "s3cret-acl-pass";
 /// with `lock_default`, turn the default user off, so that only the ACL user gets in.
 pub(crate) fn acl_args(lock_default: bool) -> Vec<String> {
     // One argv item per ACL rule: redis-server would quote a single item as the user name.
+    // The channel rule is the listener's PSUBSCRIBE pattern itself: ACL matches a pattern
+    // subscription literally, so `&portcullis:*` would refuse it (and PUBLISH matches it as a glob).
     let mut args: Vec<String> =
-        ["--user", ACL_USER, "on", &format!(">{ACL_PASSWORD}"), "~portcullis:*", "&portcullis:*", "+@all"].map(String::from).to_vec();
+        ["--user", ACL_USER, "on", &format!(">{ACL_PASSWORD}"), "~portcullis:*", "&portcullis:{*}:changed", "+@all"].map(String::from).to_vec();
     if lock_default {
         args.extend(["--user", "default", "off"].map(String::from));
     }
