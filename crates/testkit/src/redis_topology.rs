@@ -179,7 +179,9 @@ pub(crate) fn acl_args(lock_default: bool) -> Vec<String> {
     // The channel rule is the listener's PSUBSCRIBE pattern itself: ACL matches a pattern
     // subscription literally, so `&portcullis:*` would refuse it (and PUBLISH matches it as a glob).
     let mut args: Vec<String> =
-        ["--user", ACL_USER, "on", &format!(">{ACL_PASSWORD}"), "~portcullis:*", "&portcullis:{*}:changed", "+@all"].map(String::from).to_vec();
+        ["--user", ACL_USER, "on", &format!(">{ACL_PASSWORD}"), "~portcullis:*", "&portcullis:{*}:changed", "+@all"]
+            .map(String::from)
+            .to_vec();
     if lock_default {
         args.extend(["--user", "default", "off"].map(String::from));
     }
