@@ -195,6 +195,7 @@ pub(crate) fn pick_port() -> u16 {
 /// One node with TLS only, an ACL user and the default user off; sessions in database 3.
 pub struct SecureRedis {
     node: RedisNode,
+    ca_file: PathBuf,
     _dir: ScratchDir,
 }
 
@@ -206,12 +207,25 @@ impl SecureRedis {
         let mut args = base_args(port, &dir.0);
         args.extend(certs.server_args(port));
         args.extend(acl_args(true));
-        Self { node: RedisNode::start(port, args).await, _dir: dir }
+        Self { node: RedisNode::start(port, args).await, ca_file: certs.ca_file.clone(), _dir: dir }
     }
 
     /// `rediss://portcullis:…@127.0.0.1:<port>/3`.
     pub fn url(&self) -> String {
         format!("rediss://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{}/3", self.node.port)
+    }
+
+    /// How many keys matching `pattern` database `db` holds (redis-cli over TLS as the ACL user).
+    pub async fn count_keys(&self, db: u8, pattern: &str) -> usize {
+        #[rustfmt::skip]
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.node.port.to_string(), "--tls", "--cacert", &self.ca_file.display().to_string(),
+                   "--user", ACL_USER, "--pass", ACL_PASSWORD, "--no-auth-warning", "-n", &db.to_string(), "--scan", "--pattern", pattern])
+            .output()
+            .await
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli --scan: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
     }
 
     /// The same node without credentials (must be refused).
