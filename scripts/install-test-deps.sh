@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Portcullis' integration tests need besides the Rust toolchain:
-#   - redis-server (Debian package), when it is not on PATH;
+#   - redis-server (Debian package), when it is not on PATH; redis-cli (redis-tools) to
+#     create the test Clusters, and openssl to make the TLS tests' certificates (the
+#     Sentinel tests run `redis-server --sentinel`, the same binary);
 #   - Node.js >= 20.19 and npm, for the test OpenID Provider in tests/op;
 #   - tests/op/node_modules (`npm ci`), when missing or older than
 #     tests/op/package-lock.json;
@@ -79,6 +81,12 @@ node_version() {
 # --- redis -------------------------------------------------------------------
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
+fi
+if ! command -v redis-cli >/dev/null 2>&1; then
+  apt_install redis-tools
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+  apt_install openssl
 fi
 
 # --- node + npm --------------------------------------------------------------

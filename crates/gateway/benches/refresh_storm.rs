@@ -28,6 +28,8 @@
 //! - `STORM_KEEP_LOGS` [unset]: a directory to copy the gateways' logs to, and to write every
 //!   request's figures to (`storm.csv`, `baseline.csv`: session, request, instance, start and
 //!   latency in ms, status)
+//! - `STORM_REDIS` [single]: `single` runs one redis-server; `cluster` a 3-master Redis Cluster
+//!   (`redis+cluster://` seeds, ACL user), sessions spread over its slots by their `{key}` tag
 //! - `STORM_OP_STORE` [unbounded]: `unbounded` replaces the 1000-entry LRU that backs
 //!   oidc-provider's in-memory adapter with a plain map (see below); `stock` keeps it
 //!
@@ -54,7 +56,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use portcullis_testkit::{Browser, Gateway, GatewayOptions, Op, OpOptions, Redis, Upstream, free_port};
+use portcullis_testkit::{Browser, Gateway, GatewayOptions, Op, OpOptions, Redis, RedisCluster, Upstream, free_port};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -86,6 +88,7 @@ struct Settings {
     login_parallel: usize,
     order: Order,
     op_store: OpStore,
+    cluster: bool,
 }
 
 fn env_number(name: &str, default: u64, min: u64) -> u64 {
@@ -119,6 +122,11 @@ impl Settings {
             login_parallel: env_number("STORM_LOGIN_PARALLEL", 16, 1) as usize,
             order,
             op_store,
+            cluster: match std::env::var("STORM_REDIS").as_deref() {
+                Err(_) | Ok("") | Ok("single") => false,
+                Ok("cluster") => true,
+                Ok(other) => panic!("STORM_REDIS must be \"single\" or \"cluster\", got {other:?}"),
+            },
         }
     }
 
@@ -262,12 +270,13 @@ fn ms(d: Duration) -> f64 {
 async fn run(settings: Settings) -> bool {
     let n = settings.sessions;
     println!(
-        "refresh storm: {n} sessions x {c} requests = {total}, {INSTANCES} gateways (redis store), at most {inflight} in flight, order {order:?}, access token ttl {ttl} s",
+        "refresh storm: {n} sessions x {c} requests = {total}, {INSTANCES} gateways (redis store: {topology}), at most {inflight} in flight, order {order:?}, access token ttl {ttl} s",
         c = settings.concurrency,
         total = settings.requests(),
         inflight = settings.inflight,
         order = settings.order,
         ttl = settings.token_ttl,
+        topology = if settings.cluster { "3-master cluster" } else { "single node" },
     );
     println!(
         "OP store: {}",
@@ -286,7 +295,16 @@ async fn run(settings: Settings) -> bool {
     }
 
     // --- setup ----------------------------------------------------------------------------
-    let redis = Redis::start().await;
+    // Kept alive until the end of `run`: dropping them kills the servers.
+    let (_single, _cluster, redis_url) = if settings.cluster {
+        let cluster = RedisCluster::start(3, 0).await;
+        let url = cluster.url();
+        (None, Some(cluster), url)
+    } else {
+        let redis = Redis::start().await;
+        let url = redis.url();
+        (Some(redis), None, url)
+    };
     let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
     let public_url = format!("http://127.0.0.1:{}", ports[0]);
     let op_options = OpOptions { access_token_ttl: settings.token_ttl, rotate_refresh_token: true, ..OpOptions::default() };
@@ -298,7 +316,7 @@ async fn run(settings: Settings) -> bool {
         let mut options = GatewayOptions::new(&op.issuer(), &upstream.url());
         options.port = *port;
         options.store = "redis".into();
-        options.redis_url = Some(redis.url());
+        options.redis_url = Some(redis_url.clone());
         options.public_url = Some(public_url.clone());
         // Production log level (the testkit's default adds portcullis=debug).
         options.env = vec![("PORTCULLIS_LOG".into(), std::env::var("STORM_GATEWAY_LOG").unwrap_or_else(|_| "info".into()))];

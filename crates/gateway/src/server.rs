@@ -24,7 +24,7 @@ use portcullis::{
     auth::{Authenticator, ProviderHandle},
     config::{Config, StoreKind},
     metrics::Metrics,
-    session::{CachedStore, InstrumentedStore, Lifetimes, MemoryStore, ReadCacheSettings, RedisStore, SessionStore},
+    session::{CachedStore, InstrumentedStore, Lifetimes, MemoryStore, ReadCacheSettings, RedisOptions, RedisStore, SessionStore},
 };
 use tokio::{net::TcpListener, time::Instant};
 
@@ -150,7 +150,8 @@ fn build(config: &Config) -> anyhow::Result<Built> {
         StoreKind::Cookie => (Arc::new(MemoryStore::new(lifetimes)), None, StoreCollector::None),
         StoreKind::Redis => {
             let url = config.session.redis_url.as_deref().context("session.redis_url is required")?;
-            let redis = Arc::new(RedisStore::new(url, lifetimes, config.session.store_timeout)?);
+            let options = RedisOptions::from_config(&config.session).map_err(anyhow::Error::msg)?;
+            let redis = Arc::new(RedisStore::with_options(url, &options, lifetimes, config.session.store_timeout)?);
             let store: Arc<dyn SessionStore> = match config.session.read_cache.enabled {
                 true => Arc::new(CachedStore::new((*redis).clone(), redis.change_feed(), ReadCacheSettings::from_config(config))),
                 false => redis.clone(),

@@ -275,6 +275,16 @@ pub struct SessionConfig {
     /// Redis URL, required when `store = "redis"`.
     #[serde(default, serialize_with = "redacted::url")]
     pub redis_url: Option<String>,
+    /// PEM file of the CA(s) that sign the Redis servers' certificates, trusted instead of the
+    /// system roots for `rediss` URLs (the usual case: a private CA).
+    #[serde(default)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// ACL user and password for the sentinels of a `redis+sentinel://` URL, when they differ
+    /// from the nodes' (the URL's credentials are the nodes').
+    #[serde(default)]
+    pub redis_sentinel_username: Option<String>,
+    #[serde(default, serialize_with = "redacted::secret")]
+    pub redis_sentinel_password: Option<String>,
     /// Key material (at least 32 bytes) for the cookie MAC and login binding.
     #[serde(default, serialize_with = "redacted::secret")]
     pub secret: Option<String>,
@@ -356,6 +366,9 @@ impl std::fmt::Debug for SessionConfig {
         let Self {
             store,
             redis_url,
+            redis_ca_file,
+            redis_sentinel_username,
+            redis_sentinel_password,
             secret,
             secret_file,
             previous_secrets,
@@ -369,6 +382,9 @@ impl std::fmt::Debug for SessionConfig {
         f.debug_struct("SessionConfig")
             .field("store", store)
             .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("redis_ca_file", redis_ca_file)
+            .field("redis_sentinel_username", redis_sentinel_username)
+            .field("redis_sentinel_password", &redis_sentinel_password.as_ref().map(|_| REDACTED))
             .field("secret", &secret.as_ref().map(|_| REDACTED))
             .field("secret_file", secret_file)
             .field("previous_secrets", &format_args!("[{} redacted]", previous_secrets.len()))
@@ -388,6 +404,9 @@ const REDACTED: &str = "<redacted>";
 /// also reads `?password=` / `?pass=` on `redis+unix://`) are replaced. A URL that does not
 /// parse is not shown at all.
 fn redact_url(text: &str) -> String {
+    if let Some(redacted) = redis::redact_multi_host(text, REDACTED) {
+        return redacted;
+    }
     match Url::parse(text) {
         Ok(mut url) => {
             if url.password().is_some() {
@@ -729,10 +748,14 @@ impl Config {
         if self.session.store == StoreKind::Redis && self.session.redis_url.is_none() {
             return Err(invalid("session.redis_url", "required when session.store = \"redis\""));
         }
-        if let Some(url) = &self.session.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
-        {
-            return Err(invalid("session.redis_url", "must start with redis://, rediss:// or redis+unix://"));
+        if let Some(url) = &self.session.redis_url {
+            let topology = RedisTopology::parse(url).map_err(|problem| invalid("session.redis_url", problem))?;
+            if self.session.redis_ca_file.is_some() && !topology.tls() {
+                return Err(invalid(
+                    "session.redis_ca_file",
+                    "set, but session.redis_url does not use TLS (rediss://, rediss+sentinel://, rediss+cluster://)",
+                ));
+            }
         }
         if !self.session.cookie_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             || self.session.cookie_name.is_empty()
@@ -869,6 +892,7 @@ mod logging;
 mod metrics;
 mod read_cache;
 mod redacted;
+mod redis;
 pub mod reference;
 mod secret_strength;
 
@@ -876,6 +900,7 @@ pub use builder::ConfigBuilder;
 pub use logging::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
 pub use read_cache::ReadCacheConfig;
+pub use redis::{RedisAuth, RedisNode, RedisTopology};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Test support: the real parts a Portcullis test talks to, each on a free loopback port.
 //!
-//! - [`Redis`]: a `redis-server` child process that the test can stop and restart.
+//! - [`Redis`]: a `redis-server` child process that the test can stop and restart;
+//!   [`SecureRedis`] (TLS with [`TestCerts`], an ACL user), [`RedisCluster`], [`RedisSentinels`].
 //! - [`Op`]: `oidc-provider` (npm) via `tests/op/provider.mjs`, with its grant counters.
 //! - [`Upstream`]: an HTTP server that records what reached it and checks bearer tokens by
 //!   introspection at the OP.
@@ -16,6 +17,9 @@ mod nginx;
 mod op;
 mod process;
 mod redis;
+mod redis_cluster;
+mod redis_sentinel;
+mod redis_topology;
 mod upstream;
 
 pub use browser::{Browser, Hop};
@@ -26,4 +30,7 @@ pub use nginx::Nginx;
 pub use op::{API_CLIENT_ID, API_CLIENT_SECRET, API_RESOURCE, CLIENT_ID, CLIENT_SECRET, Op, OpOptions};
 pub use process::{free_port, repo_root};
 pub use redis::Redis;
+pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::{DOWN_AFTER_MS, RedisSentinels, SENTINEL_SERVICE};
+pub use redis_topology::{ACL_PASSWORD, ACL_USER, RedisNode, SecureRedis, TestCerts};
 pub use upstream::{Seen, Upstream};

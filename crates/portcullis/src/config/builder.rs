@@ -59,6 +59,9 @@ impl Config {
                 session: SessionConfig {
                     store: StoreKind::default(),
                     redis_url: None,
+                    redis_ca_file: None,
+                    redis_sentinel_username: None,
+                    redis_sentinel_password: None,
                     secret: None,
                     secret_file: None,
                     previous_secrets: Vec::new(),
@@ -209,6 +212,15 @@ mod tests {
             ("no client secret", base().edit(|c| c.oidc.client_secret = None), "oidc.client_secret"),
             ("weak session secret", base().session_secret("changeme"), "session.secret"),
             ("redis without url", base().store(StoreKind::Redis), "session.redis_url"),
+            ("sentinel url without service", base().store(StoreKind::Redis).redis_url("redis+sentinel://s1:26379"), "session.redis_url"),
+            (
+                "redis CA file without TLS",
+                base()
+                    .store(StoreKind::Redis)
+                    .redis_url("redis+cluster://n1:7000")
+                    .edit(|c| c.session.redis_ca_file = Some("ca.pem".into())),
+                "session.redis_ca_file",
+            ),
             (
                 "jwt without audiences",
                 base().route(RouteConfig { bearer: BearerMode::Jwt, ..RouteConfig::new("/api", upstream(), Unauthenticated::Deny) }),

@@ -17,8 +17,12 @@ use std::{
 };
 
 use async_trait::async_trait;
-use redis::{AsyncCommands, aio::ConnectionManager};
-use tokio::sync::OnceCell;
+use redis::AsyncCommands;
+
+mod connect;
+
+pub use connect::RedisOptions;
+use connect::{Conn, Connector};
 
 use super::{
     CasOutcome, ChangeFeed, ChangeWatch, DeleteOutcome, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis,
@@ -70,17 +74,17 @@ return 0
 /// Pattern matching every session's change channel.
 const CHANGES_PATTERN: &str = "portcullis:{*}:changed";
 
-/// Sessions in Redis (single node for now; Sentinel and Cluster come through the same layout).
+/// Sessions in Redis: one node, the master of a Sentinel group, or a Cluster (`connect.rs`;
+/// the URL forms are in `config/redis.rs`), all through the same layout and scripts.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    client: redis::Client,
     // Connected on first use, not at startup: a gateway whose Redis is down still starts,
     // answers /healthz, and serves sessions as soon as Redis is back.
-    conn: OnceCell<ConnectionManager>,
+    connector: Arc<Connector>,
     lifetimes: Lifetimes,
     timeout: Duration,
     cas: redis::Script,
@@ -98,11 +102,16 @@ impl RedisStore {
     /// A store for `url` (`redis://host:port/db`); connects lazily. `timeout` bounds every
     /// operation, connection included.
     pub fn new(url: &str, lifetimes: Lifetimes, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        Self::with_options(url, &RedisOptions::default(), lifetimes, timeout)
+    }
+
+    /// A store for any form of `session.redis_url` (one node, `redis+sentinel://`,
+    /// `redis+cluster://`, with or without TLS), with the settings beside the URL.
+    pub fn with_options(url: &str, options: &RedisOptions, lifetimes: Lifetimes, timeout: Duration) -> Result<Self, StoreError> {
+        let connector = Arc::new(Connector::new(url, options, timeout)?);
         let store = Self {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceCell::new(),
+                connector,
                 lifetimes,
                 timeout,
                 cas: redis::Script::new(CAS_SCRIPT),
@@ -125,27 +134,61 @@ impl RedisStore {
     fn start_listener(&self) {
         let inner = &self.inner;
         inner.listener.call_once(|| {
-            tokio::spawn(listen_for_changes(inner.client.clone(), inner.changes.clone(), inner.timeout, inner.listener_restarts.clone()));
+            tokio::spawn(listen_for_changes(
+                inner.connector.clone(),
+                inner.changes.clone(),
+                inner.timeout,
+                inner.listener_restarts.clone(),
+            ));
         });
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let inner = &self.inner;
-        let conn = inner
-            .conn
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(inner.timeout))
-                    .set_response_timeout(Some(inner.timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_with_config(inner.client.clone(), config).await.map_err(unavailable)
-            })
-            .await?;
-        Ok(conn.clone())
+    #[allow(dead_code)] // see `with_timeout`
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        Ok(self.inner.connector.get().await?.1)
+    }
+
+    /// Runs `op` on the shared connection within the store timeout. A failure that may mean
+    /// the master moved (Sentinel) makes the next operation look for it again.
+    async fn run<T, Fut>(&self, op: impl FnOnce(Conn) -> Fut) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let connector = &self.inner.connector;
+        let mut used = None;
+        let attempt = async {
+            let (generation, conn) = connector.get().await?;
+            used = Some(generation);
+            op(conn).await
+        };
+        let result = tokio::time::timeout(self.inner.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {:?}", self.inner.timeout))));
+        if let (Err(StoreError::Unavailable(_)), Some(generation)) = (&result, used) {
+            connector.failed(generation);
+        }
+        result
+    }
+
+    /// After a write that a failover must not lose (the token-changing CAS, the lease), waits
+    /// until a replica has it, when the topology promotes replicas (Sentinel). The write stands
+    /// either way: the answer says only whether it would survive a failover right now.
+    async fn replica_ack(&self, conn: &mut Conn) {
+        if !self.inner.connector.wants_replica_ack() {
+            return;
+        }
+        let wait = replica_ack_timeout(self.inner.timeout);
+        match redis::cmd("WAIT").arg(1).arg(millis(wait)).query_async::<i64>(conn).await {
+            Ok(n) if n >= 1 => {}
+            Ok(_) => tracing::warn!(within = ?wait, "redis: no replica acknowledged a session write; a failover now could roll it back"),
+            Err(e) => tracing::warn!(error = %e, "redis: WAIT for a replica failed"),
+        }
     }
 
     /// Runs one operation with the store timeout; a timeout is `Unavailable`, like a refusal.
+    /// (`run` is the form that also follows a Sentinel failover; this one stays for callers
+    /// written against it.)
+    #[allow(dead_code)]
     async fn with_timeout<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         tokio::time::timeout(self.inner.timeout, op)
             .await
@@ -160,9 +203,8 @@ impl RedisStore {
 
     /// Checks that Redis answers (for readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(unavailable)?;
+        self.run(|mut conn| async move {
+            redis::cmd("PING").query_async::<redis::Value>(&mut conn).await.map_err(unavailable)?;
             Ok(())
         })
         .await
@@ -202,11 +244,14 @@ const LISTENER_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// come; each restart is logged and counted (`RedisStore::notification_restarts`). After each
 /// (re)subscription every waiter is told to re-read, since notifications sent while the
 /// connection was down are lost: a restart costs a re-read, never a poll interval.
-async fn listen_for_changes(client: redis::Client, feed: ChangeFeed, connect_timeout: Duration, restarts: Arc<AtomicU64>) {
+async fn listen_for_changes(connector: Arc<Connector>, feed: ChangeFeed, connect_timeout: Duration, restarts: Arc<AtomicU64>) {
     let mut delay = LISTENER_BACKOFF_MIN;
     let mut subscribed_before = false;
     loop {
-        let ended = listen_once(&client, &feed, connect_timeout, &mut delay, &mut subscribed_before).await;
+        let ended = match connector.pubsub_client().await {
+            Ok(client) => listen_once(&client, &feed, connect_timeout, &mut delay, &mut subscribed_before).await,
+            Err(e) => e.to_string(),
+        };
         feed.disconnected();
         if subscribed_before {
             let count = restarts.fetch_add(1, Ordering::Relaxed) + 1;
@@ -303,8 +348,14 @@ fn decode(key: &SessionKey, value: &mut [u8]) -> Result<Option<SessionRecord>, S
     }
 }
 
+/// How long a write waits for a replica's acknowledgement: a replica on the same network
+/// answers in a millisecond; a missing one must not hold a refresh for the whole store timeout.
+fn replica_ack_timeout(store_timeout: Duration) -> Duration {
+    (store_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500))
+}
+
 /// `SET key value NX PX ttl`: true when it was set.
-async fn set_if_absent(conn: &mut ConnectionManager, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+async fn set_if_absent(conn: &mut Conn, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
     let set: Option<String> =
         redis::cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(millis(ttl)).query_async(conn).await.map_err(unavailable)?;
     Ok(set.is_some())
@@ -320,8 +371,7 @@ impl SessionStore for RedisStore {
         if !key.can_seal() {
             return Err(StoreError::NoSealingKey);
         }
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             let rkey = session_key(key);
             let lifetimes = self.inner.lifetimes;
             // GETEX reads and restarts the idle clock in one round trip.
@@ -344,8 +394,7 @@ impl SessionStore for RedisStore {
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
         let value = encode(key, 1, record)?;
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             let ttl = self.inner.lifetimes.ttl(record.created_at, now_millis());
             match set_if_absent(&mut conn, &session_key(key), &value, ttl).await? {
                 true => Ok(()),
@@ -357,8 +406,7 @@ impl SessionStore for RedisStore {
 
     async fn compare_and_set(&self, key: &SessionKey, expected: u64, record: &SessionRecord) -> Result<CasOutcome, StoreError> {
         let value = encode(key, expected + 1, record)?;
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             let outcome: i64 = self
                 .inner
                 .cas
@@ -369,6 +417,11 @@ impl SessionStore for RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
+            if outcome == 1 {
+                // The new refresh token is in this write, and the old one is already spent at
+                // the OP: a failover that lost it would leave the session on a dead token.
+                self.replica_ack(&mut conn).await;
+            }
             Ok(match outcome {
                 1 => CasOutcome::Written(expected + 1),
                 0 => CasOutcome::Conflict,
@@ -379,8 +432,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             let _: (i64, i64) =
                 redis::pipe().del(session_key(key)).publish(changes_channel(key), 0).query_async(&mut conn).await.map_err(unavailable)?;
             Ok(())
@@ -389,8 +441,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_if_version(&self, key: &SessionKey, expected: u64) -> Result<DeleteOutcome, StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             let outcome: i64 = self
                 .inner
                 .delete_if_version
@@ -410,16 +461,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn state_consumed(&self, state_hash: &str) -> Result<bool, StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
-            conn.exists(consumed_state_key(state_hash)).await.map_err(unavailable)
-        })
-        .await
+        self.run(|mut conn| async move { conn.exists(consumed_state_key(state_hash)).await.map_err(unavailable) }).await
     }
 
     async fn consume_state(&self, state_hash: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             // SET NX: of two callbacks racing with one state, exactly one marks it.
             set_if_absent(&mut conn, &consumed_state_key(state_hash), b"1", ttl).await
         })
@@ -427,16 +473,20 @@ impl SessionStore for RedisStore {
     }
 
     async fn try_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
-            set_if_absent(&mut conn, &lease_key(key), owner.as_bytes(), ttl).await
+        self.run(|mut conn| async move {
+            let taken = set_if_absent(&mut conn, &lease_key(key), owner.as_bytes(), ttl).await?;
+            if taken {
+                // A lease lost at a failover would let a second instance spend the same
+                // refresh token.
+                self.replica_ack(&mut conn).await;
+            }
+            Ok(taken)
         })
         .await
     }
 
     async fn renew_lease(&self, key: &SessionKey, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             let renewed: i64 =
                 self.inner.renew.key(lease_key(key)).arg(owner).arg(millis(ttl)).invoke_async(&mut conn).await.map_err(unavailable)?;
             Ok(renewed == 1)
@@ -445,8 +495,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn release_lease(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
-        self.with_timeout(async {
-            let mut conn = self.conn().await?;
+        self.run(|mut conn| async move {
             let _: i64 = self.inner.release.key(lease_key(key)).arg(owner).invoke_async(&mut conn).await.map_err(unavailable)?;
             Ok(())
         })

@@ -1,0 +1,377 @@
+//! Connections for each topology of `session.redis_url`: one node, the master of a Sentinel
+//! group, or a Cluster; TLS with extra CA roots; ACL credentials; the server version check.
+
+use std::{
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::{
+    Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo, RedisError, RedisFuture,
+    TlsCertificates, Value,
+    aio::{ConnectionLike, ConnectionManager},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+
+use crate::config::{RedisAuth, RedisNode, RedisTopology};
+
+use super::super::StoreError;
+
+/// The oldest Redis that has every command the store sends: `GETEX` (6.2; `SET … KEEPTTL`
+/// is 6.0). Sharded pub/sub (7.0) is not used (see the notes on Cluster notifications).
+pub(super) const MIN_VERSION: (u32, u32) = (6, 2);
+const MIN_VERSION_WHY: &str = "GETEX";
+
+/// Settings beside the URL.
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// PEM bundle of CA certificates trusted instead of the system roots for TLS connections.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Credentials for the sentinels (the URL's are the nodes').
+    pub sentinel_auth: RedisAuth,
+}
+
+impl RedisOptions {
+    /// The settings of `session`: reads `redis_ca_file` (an error names the key and the file).
+    pub fn from_config(session: &crate::config::SessionConfig) -> Result<Self, String> {
+        let ca_pem = match &session.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| format!("session.redis_ca_file: cannot read {}: {e}", path.display()))?),
+            None => None,
+        };
+        let sentinel_auth =
+            RedisAuth { username: session.redis_sentinel_username.clone(), password: session.redis_sentinel_password.clone() };
+        Ok(Self { ca_pem, sentinel_auth })
+    }
+}
+
+/// One connection handle for every topology: the store's commands and scripts run on it alike.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single(Client),
+    Sentinel(Sentinel),
+    Cluster { client: Box<ClusterClient>, seeds: Vec<Client> },
+}
+
+struct Sentinel {
+    sentinels: Vec<Client>,
+    service: String,
+    /// db and credentials for the master.
+    node: RedisConnectionInfo,
+    tls: bool,
+    certs: Option<TlsCertificates>,
+}
+
+/// Connects, keeps the connection, and replaces it when the topology moved under it.
+pub(crate) struct Connector {
+    target: Target,
+    timeout: Duration,
+    current: RwLock<Option<(u64, Conn)>>,
+    generation: AtomicU64,
+    connecting: tokio::sync::Mutex<()>,
+    /// Index of the seed node the next notification listener starts at (Cluster).
+    next_seed: AtomicU64,
+}
+
+fn certs(options: &RedisOptions) -> Option<TlsCertificates> {
+    options.ca_pem.clone().map(|pem| TlsCertificates { client_tls: None, root_cert: Some(pem) })
+}
+
+fn bad_url(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("bad redis url: {e}"))
+}
+
+/// A client for one TCP node, with TLS and credentials as configured.
+fn node_client(node: &RedisNode, tls: bool, redis: RedisConnectionInfo, certs: &Option<TlsCertificates>) -> Result<Client, RedisError> {
+    let addr = if tls {
+        ConnectionAddr::TcpTls { host: node.host.clone(), port: node.port, insecure: false, tls_params: None }
+    } else {
+        ConnectionAddr::Tcp(node.host.clone(), node.port)
+    };
+    let info: ConnectionInfo = addr.into_connection_info()?.set_redis_settings(redis);
+    match certs {
+        Some(certs) if tls => Client::build_with_tls(info, certs.clone()),
+        _ => Client::open(info),
+    }
+}
+
+fn redis_info(auth: &RedisAuth, db: i64) -> RedisConnectionInfo {
+    let mut info = RedisConnectionInfo::default().set_db(db);
+    if let Some(user) = &auth.username {
+        info = info.set_username(user);
+    }
+    if let Some(password) = &auth.password {
+        info = info.set_password(password);
+    }
+    info
+}
+
+impl Connector {
+    pub(crate) fn new(url: &str, options: &RedisOptions, timeout: Duration) -> Result<Self, StoreError> {
+        let topology = RedisTopology::parse(url).map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let certs = certs(options);
+        let target = match topology {
+            RedisTopology::Single { url } => match &certs {
+                Some(certs) if url.starts_with("rediss://") => Client::build_with_tls(url.as_str(), certs.clone()),
+                _ => Client::open(url.as_str()),
+            }
+            .map(Target::Single)
+            .map_err(bad_url)?,
+            RedisTopology::Sentinel { tls, sentinels, service, db, auth } => {
+                let sentinel_info = redis_info(&options.sentinel_auth, 0);
+                let sentinels = sentinels
+                    .iter()
+                    .map(|s| node_client(s, tls, sentinel_info.clone(), &certs))
+                    .collect::<Result<_, _>>()
+                    .map_err(bad_url)?;
+                Target::Sentinel(Sentinel { sentinels, service, node: redis_info(&auth, db), tls, certs })
+            }
+            RedisTopology::Cluster { tls, seeds, auth } => {
+                let seed_clients = seeds
+                    .iter()
+                    .map(|s| node_client(s, tls, redis_info(&auth, 0), &certs))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad_url)?;
+                let mut builder = ClusterClient::builder(seed_clients.iter().map(|c| c.get_connection_info().clone()))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    // MOVED/ASK and a lost node are retried inside the client; a few attempts
+                    // are enough within the store timeout that bounds each operation anyway.
+                    .retries(3);
+                if let Some(user) = &auth.username {
+                    builder = builder.username(user);
+                }
+                if let Some(password) = &auth.password {
+                    builder = builder.password(password);
+                }
+                if tls {
+                    builder = builder.tls(redis::TlsMode::Secure);
+                    if let Some(certs) = &certs {
+                        builder = builder.certs(certs.clone());
+                    }
+                }
+                Target::Cluster { client: Box::new(builder.build().map_err(bad_url)?), seeds: seed_clients }
+            }
+        };
+        Ok(Self {
+            target,
+            timeout,
+            current: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            connecting: tokio::sync::Mutex::new(()),
+            next_seed: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether writes that must survive a failover wait for a replica (`WAIT`): Sentinel is the
+    /// topology that promotes replicas on its own.
+    pub(crate) fn wants_replica_ack(&self) -> bool {
+        matches!(self.target, Target::Sentinel(_))
+    }
+
+    /// The shared connection, made on first use (after a version check) and after a failover.
+    /// The number identifies it for [`Connector::failed`].
+    pub(crate) async fn get(&self) -> Result<(u64, Conn), StoreError> {
+        if let Some(current) = self.current.read().expect("not poisoned").clone() {
+            return Ok(current);
+        }
+        let _single_flight = self.connecting.lock().await;
+        if let Some(current) = self.current.read().expect("not poisoned").clone() {
+            return Ok(current);
+        }
+        let conn = self.connect().await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.current.write().expect("not poisoned") = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// An operation on connection `generation` could not be answered (refused, reset, timed
+    /// out, or `READONLY`: the node was demoted). With Sentinel that may mean the master moved:
+    /// drop the connection so that the next operation asks the sentinels again. One node and
+    /// Cluster reconnect by themselves (ConnectionManager; the cluster client follows
+    /// `MOVED`/`ASK` and refreshes its slot map).
+    pub(crate) fn failed(&self, generation: u64) {
+        if !matches!(self.target, Target::Sentinel(_)) {
+            return;
+        }
+        let mut current = self.current.write().expect("not poisoned");
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            tracing::info!("redis: the master may have moved; asking the sentinels again");
+            *current = None;
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let manager_config = || {
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500))
+        };
+        let mut conn = match &self.target {
+            Target::Single(client) => {
+                Conn::Node(ConnectionManager::new_with_config(client.clone(), manager_config()).await.map_err(unavailable)?)
+            }
+            Target::Sentinel(sentinel) => {
+                let client = self.sentinel_master(sentinel).await?;
+                Conn::Node(ConnectionManager::new_with_config(client, manager_config()).await.map_err(unavailable)?)
+            }
+            Target::Cluster { client, .. } => {
+                let config = redis::cluster::ClusterConfig::new().set_connection_timeout(self.timeout).set_response_timeout(self.timeout);
+                Conn::Cluster(client.get_async_connection_with_config(config).await.map_err(unavailable)?)
+            }
+        };
+        check_version(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// A client for the node that receives the pub/sub listener: the node itself, the current
+    /// master, or the next Cluster seed (a classic `PUBLISH` reaches every node of a Cluster,
+    /// so one node's `PSUBSCRIBE` sees every session's changes).
+    pub(crate) async fn pubsub_client(&self) -> Result<Client, StoreError> {
+        match &self.target {
+            Target::Single(client) => Ok(client.clone()),
+            Target::Sentinel(sentinel) => self.sentinel_master(sentinel).await,
+            Target::Cluster { seeds, .. } => {
+                let i = self.next_seed.fetch_add(1, Ordering::Relaxed) as usize % seeds.len();
+                Ok(seeds[i].clone())
+            }
+        }
+    }
+
+    /// Asks each sentinel in turn for the master of the service and checks, with `ROLE`, that
+    /// the node it names is a master now (a sentinel may lag behind a failover).
+    async fn sentinel_master(&self, sentinel: &Sentinel) -> Result<Client, StoreError> {
+        let config =
+            redis::AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(Some(self.timeout));
+        let mut problems = Vec::new();
+        for s in &sentinel.sentinels {
+            let ask = async {
+                let mut conn = s.get_multiplexed_async_connection_with_config(&config).await?;
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(&sentinel.service)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            let (host, port) = match tokio::time::timeout(self.timeout, ask).await {
+                Ok(Ok(Some(addr))) => addr,
+                Ok(Ok(None)) => {
+                    problems.push(format!("{:?}: no master named {:?}", s.get_connection_info().addr(), sentinel.service));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    problems.push(format!("{:?}: {e}", s.get_connection_info().addr()));
+                    continue;
+                }
+                Err(_) => {
+                    problems.push(format!("{:?}: no answer within {:?}", s.get_connection_info().addr(), self.timeout));
+                    continue;
+                }
+            };
+            let master =
+                node_client(&RedisNode { host, port }, sentinel.tls, sentinel.node.clone(), &sentinel.certs).map_err(unavailable)?;
+            let role = async {
+                let mut conn = master.get_multiplexed_async_connection_with_config(&config).await?;
+                redis::cmd("ROLE").query_async::<Vec<Value>>(&mut conn).await
+            };
+            match tokio::time::timeout(self.timeout, role).await {
+                Ok(Ok(role)) if matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") => return Ok(master),
+                Ok(Ok(_)) => problems.push(format!("{:?} is not a master (yet)", master.get_connection_info().addr())),
+                Ok(Err(e)) => problems.push(format!("{:?}: {e}", master.get_connection_info().addr())),
+                Err(_) => problems.push(format!("{:?}: no answer within {:?}", master.get_connection_info().addr(), self.timeout)),
+            }
+        }
+        Err(StoreError::Unavailable(format!("no master for {:?} from the sentinels: {}", sentinel.service, problems.join("; "))))
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Refuses a server older than [`MIN_VERSION`], naming the version found and the one needed
+/// (on a Cluster, every master is checked: a rolling upgrade may have left an old one).
+pub(crate) async fn check_version(conn: &mut impl ConnectionLike) -> Result<(), StoreError> {
+    let info: Value = redis::cmd("INFO").arg("server").query_async(conn).await.map_err(unavailable)?;
+    let mut texts = Vec::new();
+    collect_texts(&info, &mut texts);
+    if texts.is_empty() {
+        return Err(StoreError::Unavailable("INFO server gave no answer to read the Redis version from".into()));
+    }
+    for text in texts {
+        let version = text.lines().find_map(|l| l.strip_prefix("redis_version:")).map(str::trim).unwrap_or("unknown");
+        if !version_at_least(version, MIN_VERSION) {
+            let (major, minor) = MIN_VERSION;
+            let problem = format!(
+                "Redis {version} is too old: Portcullis needs Redis {major}.{minor} or newer (for {MIN_VERSION_WHY}); upgrade the server"
+            );
+            tracing::error!("{problem}");
+            return Err(StoreError::Unavailable(problem));
+        }
+    }
+    Ok(())
+}
+
+fn collect_texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => out.push(text.clone()),
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| collect_texts(v, out)),
+        _ => {}
+    }
+}
+
+pub(crate) fn version_at_least(version: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_at_least("7.0.15", (6, 2)));
+        assert!(version_at_least("6.2.0", (6, 2)));
+        assert!(version_at_least("10.0.0", (6, 2)));
+        assert!(!version_at_least("6.0.16", (6, 2)));
+        assert!(!version_at_least("5.0.7", (6, 2)));
+        assert!(!version_at_least("unknown", (6, 2)));
+    }
+}
