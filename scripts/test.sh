@@ -18,7 +18,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 echo "== packaging lint (packaging/lint.sh: Dockerfile, systemd unit, Kubernetes manifests)"
 # About 6 s; the first run on a machine also installs the pinned linters from PyPI (about 60 s).
 bash packaging/lint.sh
