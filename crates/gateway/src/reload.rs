@@ -173,14 +173,19 @@ fn log_level(config: &Config) -> Option<String> {
 fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let mut keys = Vec::new();
     diff("", &json(old), &json(new), &mut keys);
+    keys.retain(|k| !RELOADABLE.iter().chain(NOT_COMPARED).any(|r| k == r || k.starts_with(&format!("{r}."))));
     // Serialized redacted (secrets, a Redis URL's password), so compared here.
     if old.oidc.client_secret != new.oidc.client_secret {
         keys.push("oidc.client_secret".to_string());
     }
-    if old.session.redis_url != new.session.redis_url && !keys.iter().any(|k| k == "session.redis_url") {
+    if old.session.redis_url != new.session.redis_url {
         keys.push("session.redis_url".to_string());
     }
-    keys.retain(|k| !RELOADABLE.iter().chain(NOT_COMPARED).any(|r| k == r || k.starts_with(&format!("{r}."))));
+    if old.session.redis_sentinel_password != new.session.redis_sentinel_password {
+        keys.push("session.redis_sentinel_password".to_string());
+    }
+    keys.sort();
+    keys.dedup();
     keys
 }
 

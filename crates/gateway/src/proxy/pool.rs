@@ -234,6 +234,12 @@ impl http_body::Body for Pooled {
             Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }
+        // Back to the pool as soon as the last frame is read, not when the server drops the
+        // body after writing it: by then the client may have sent its next request, which
+        // would find no idle connection and open another.
+        if this.finished() {
+            this.give_back();
+        }
         polled
     }
 
@@ -246,16 +252,25 @@ impl http_body::Body for Pooled {
     }
 }
 
+impl Pooled {
+    /// The exchange is over on both sides: the response read to its end, the request body sent.
+    fn finished(&self) -> bool {
+        (self.done || self.body.is_end_stream()) && self.request_body.as_ref().is_none_or(|s| s.load(Ordering::Relaxed) == SENT)
+    }
+
+    fn give_back(&mut self) {
+        if let Some((key, conn)) = self.conn.take() {
+            checkin(key, conn);
+        }
+    }
+}
+
 impl Drop for Pooled {
     fn drop(&mut self) {
         // Reused only when the exchange is over on both sides; a body dropped half-read
         // closes its connection (the rest of it would be read as the next response).
-        let request_done = self.request_body.as_ref().is_none_or(|s| s.load(Ordering::Relaxed) == SENT);
-        if (self.done || self.body.is_end_stream())
-            && request_done
-            && let Some((key, conn)) = self.conn.take()
-        {
-            checkin(key, conn);
+        if self.finished() {
+            self.give_back();
         }
     }
 }
