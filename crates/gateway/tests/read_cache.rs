@@ -184,3 +184,33 @@ async fn idle_timeout_still_ends_sessions() {
         assert_eq!(c.call(i, "idle").await.0, 401, "instance {i} still serves an idle session");
     }
 }
+
+/// `GETEX` calls Redis has served so far (`INFO commandstats`).
+fn getex_calls(redis_url: &str) -> u64 {
+    let port = redis_url.rsplit(':').next().and_then(|p| p.split('/').next()).expect("port in the Redis URL");
+    let out = std::process::Command::new("redis-cli").args(["-p", port, "INFO", "commandstats"]).output().expect("redis-cli runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_getex:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap_or("0").parse().unwrap_or(0))
+}
+
+/// The gateway as built (its store wrapped for metrics, then the cache) answers a hot session
+/// from memory: 20 requests within the renew interval cost Redis no `GETEX`. (A wrapper that
+/// forwarded the per-request read as a plain `load` once sent every request to Redis.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_sessions_are_answered_without_redis_reads() {
+    let op = OpOptions { access_token_ttl: 600, ..OpOptions::default() };
+    let cluster = Cluster::start(1, op, "[session.read_cache]\nrenew_interval = \"60s\"\n", "5s").await;
+    let url = cluster._redis.url();
+    let (status, _) = cluster.call(0, "fill").await;
+    assert_eq!(status, 200, "{}", cluster.logs());
+    let before = getex_calls(&url);
+    for i in 0..20 {
+        let (status, bearer) = cluster.call(0, &format!("hot{i}")).await;
+        assert_eq!(status, 200);
+        assert!(bearer.is_some(), "the upstream got the token");
+    }
+    let reads = getex_calls(&url) - before;
+    assert_eq!(reads, 0, "20 hot requests read Redis {reads} times: the read cache is not in use");
+}

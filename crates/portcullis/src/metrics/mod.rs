@@ -102,6 +102,8 @@ impl Metrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StoreOp {
     Load,
+    /// The authenticator's per-request read: answered by the read cache when it may be.
+    LoadForRequest,
     Create,
     CompareAndSet,
     Delete,
@@ -114,8 +116,9 @@ pub(crate) enum StoreOp {
 }
 
 impl StoreOp {
-    const ALL: [StoreOp; 10] = [
+    const ALL: [StoreOp; 11] = [
         Self::Load,
+        Self::LoadForRequest,
         Self::Create,
         Self::CompareAndSet,
         Self::Delete,
@@ -130,6 +133,7 @@ impl StoreOp {
     fn name(self) -> &'static str {
         match self {
             Self::Load => "load",
+            Self::LoadForRequest => "load_for_request",
             Self::Create => "create",
             Self::CompareAndSet => "compare_and_set",
             Self::Delete => "delete",
@@ -148,7 +152,7 @@ impl StoreOp {
 #[derive(Clone, Debug)]
 pub(crate) struct StoreMetrics {
     durations: Histograms,
-    by_op: Arc<[DurationHistogram; 10]>,
+    by_op: Arc<[DurationHistogram; 11]>,
     errors: Family<[(&'static str, &'static str); 2], Counter>,
 }
 

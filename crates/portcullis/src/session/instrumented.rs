@@ -39,6 +39,12 @@ impl SessionStore for InstrumentedStore {
         self.timed(StoreOp::Load, self.inner.load(key)).await
     }
 
+    /// Forwarded as itself, not as `load`: the inner store may answer it from its read cache
+    /// (the trait's default would turn it into a Redis read on every request).
+    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.timed(StoreOp::LoadForRequest, self.inner.load_for_request(key)).await
+    }
+
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
         self.timed(StoreOp::Create, self.inner.create(key, record)).await
     }
