@@ -39,7 +39,7 @@ echo "== hadolint packaging/Dockerfile"
 echo "== systemd-analyze verify packaging/systemd/portcullis.service"
 # verify insists that ExecStart's binary exists: check a copy that names a built one.
 portcullis="${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-target}/debug/portcullis}"
-[ -x "$portcullis" ] || portcullis="$(command -v true)"
+[ -x "$portcullis" ] || portcullis="$(type -P true)"
 unit_dir="$(mktemp -d)"
 trap 'rm -rf "$unit_dir"' EXIT
 sed "s#/usr/bin/portcullis#$(realpath "$portcullis")#g" packaging/systemd/portcullis.service >"$unit_dir/portcullis.service"
