@@ -153,6 +153,10 @@ impl Scripted {
 
 #[async_trait]
 impl SessionStore for Scripted {
+    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.load(key).await
+    }
+
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let delay = self.load_delays.lock().unwrap().pop_front().unwrap_or_default();
         let read = self.inner.load(key).await;

@@ -17,6 +17,10 @@ struct PanicOnce {
 
 #[async_trait]
 impl SessionStore for PanicOnce {
+    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.load(key).await
+    }
+
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         if self.armed.swap(false, Ordering::SeqCst) {
             panic!("injected panic inside the refresh task");

@@ -97,6 +97,10 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
+    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.load(key).await
+    }
+
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let now = now_millis();
         let sessions = read(&self.inner.sessions);

@@ -367,6 +367,10 @@ fn millis(d: Duration) -> u64 {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.load(key).await
+    }
+
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         if !key.can_seal() {
             return Err(StoreError::NoSealingKey);

@@ -74,10 +74,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// [`Self::load`] for a request about to be forwarded: may answer from an in-process copy
     /// (`read_cache`) that is only ever handed out while its access token is not yet due for
     /// refresh, and may renew the idle clock only every few seconds. Everything that decides on
-    /// a write (the refresh coordinator, logout, the version checks) uses `load`.
-    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        self.load(key).await
-    }
+    /// a write (the refresh coordinator, logout, the version checks) uses `load`. No default:
+    /// a wrapper store that fell back to `load` would silently bypass an inner read cache (the
+    /// metrics wrapper once did), so every store says what it does.
+    async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError>;
 
     /// Stores a new session at version 1.
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError>;
