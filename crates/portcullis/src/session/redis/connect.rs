@@ -78,6 +78,77 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// `WAIT 1 <timeout>` after a write to `key`, on the connection that made the write: the
+    /// number of replicas that acknowledged it.
+    ///
+    /// `WAIT` counts the replication offset of the *connection* it is sent on, so it must go
+    /// where the write went. On one node and Sentinel that is the one connection. On a Cluster,
+    /// redis-rs routes a keyless `WAIT` to every master and answers the minimum (1.8:
+    /// `RouteBy::AllPrimaries`, `AggregateOp::Min`), which would wait on shards this session
+    /// never wrote to and report 0 as soon as any of them has no replica. It is routed to the
+    /// master of `key`'s slot instead; the cluster client keeps one multiplexed connection
+    /// per node, the one the write (a script or `SET` on `key`) just went through.
+    pub(crate) async fn wait_for_replica(&mut self, key: &str, timeout: Duration) -> Result<i64, RedisError> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(1).arg(timeout.as_millis().max(1) as u64);
+        match self {
+            Self::Node(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)));
+                Ok(redis::from_redis_value(c.route_command(cmd, route).await?)?)
+            }
+        }
+    }
+}
+
+/// What [`Connector::wants_replica_ack`] says about one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplicaAck {
+    /// The topology promotes no replica on its own: nothing to wait for.
+    Skip,
+    /// Send `WAIT` to the master that took the write.
+    Wait,
+    /// The shard has no replica now: a failover there would lose the write (unacknowledged).
+    NoReplica,
+}
+
+/// How long a Cluster's slot map (which shards have replicas) is trusted.
+const SLOT_MAP_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// `CLUSTER SLOTS` as (first slot, last slot, replicas) per range.
+async fn read_slot_map(conn: &mut Conn) -> Result<Vec<(u16, u16, usize)>, RedisError> {
+    let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut map = Vec::new();
+    for range in ranges {
+        // [start, end, master, replica…]
+        if let (Some(Value::Int(lo)), Some(Value::Int(hi))) = (range.first(), range.get(1)) {
+            map.push((*lo as u16, *hi as u16, range.len().saturating_sub(3)));
+        }
+    }
+    Ok(map)
+}
+
+/// The Cluster slot of `key` (CRC16/XMODEM of its `{hash tag}` or of the whole key, mod 16384),
+/// as Redis computes it; redis-rs keeps its own `Slot` number private.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| key[open + 1..].iter().position(|&b| b == b'}').map(|len| &key[open + 1..open + 1 + len]))
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
+}
+
 enum Target {
     Single(Client),
     Sentinel(Sentinel),
@@ -102,6 +173,8 @@ pub(crate) struct Connector {
     connecting: tokio::sync::Mutex<()>,
     /// Index of the seed node the next notification listener starts at (Cluster).
     next_seed: AtomicU64,
+    /// Cluster: slot ranges with their shard's replica count, and when they were read.
+    slot_map: RwLock<Option<(std::time::Instant, Vec<(u16, u16, usize)>)>>,
 }
 
 fn certs(options: &RedisOptions) -> Option<TlsCertificates> {
@@ -191,13 +264,56 @@ impl Connector {
             generation: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
             next_seed: AtomicU64::new(0),
+            slot_map: RwLock::new(None),
         })
     }
 
-    /// Whether writes that must survive a failover wait for a replica (`WAIT`): Sentinel is the
-    /// topology that promotes replicas on its own.
-    pub(crate) fn wants_replica_ack(&self) -> bool {
-        matches!(self.target, Target::Sentinel(_))
+    /// Whether a write to `key` that must survive a failover waits for a replica (`WAIT`).
+    ///
+    /// - One node: no. Nothing promotes a replica on its own there; an operator who fails over
+    ///   by hand chooses the moment.
+    /// - Sentinel: yes, always. A Sentinel group exists to promote replicas; one without a
+    ///   connected replica is the degraded state the unacknowledged-write count is for.
+    /// - Cluster: when the shard holding `key`'s slot has a replica. A Cluster promotes
+    ///   replicas on its own too (after `cluster-node-timeout`), so a write the replica never
+    ///   got is lost at a failover exactly as with Sentinel. But `WAIT 1 t` on a master without
+    ///   replicas does not answer 0 at once: it blocks for the whole `t` (measured: 300 ms for
+    ///   `WAIT 1 300`), which would add twice the ack timeout (500 ms each with the default
+    ///   store timeout) to every refresh on a Cluster run without replicas, for an answer known
+    ///   in advance. So the slot map with each shard's replica count (`CLUSTER SLOTS`, 6.2
+    ///   has no `CLUSTER SHARDS`) is read on the same connection and kept for
+    ///   [`SLOT_MAP_MAX_AGE`]: replicas added or lost later are seen within that time, at the
+    ///   cost of one small reply per instance per period, and only when writes happen.
+    ///   A shard without a replica is [`ReplicaAck::NoReplica`]: no `WAIT`, and the write
+    ///   counts as unacknowledged, so a Cluster that lost a shard's replica at a failover shows
+    ///   in the same metric as a Sentinel group that lost its replica.
+    pub(crate) async fn wants_replica_ack(&self, conn: &mut Conn, key: &str) -> ReplicaAck {
+        match (&self.target, conn) {
+            (Target::Single(_), _) => ReplicaAck::Skip,
+            (Target::Sentinel(_), _) => ReplicaAck::Wait,
+            (Target::Cluster { .. }, conn) => {
+                let slot = key_slot(key.as_bytes());
+                let cached = self.slot_map.read().expect("not poisoned").as_ref().and_then(|(at, map)| {
+                    (at.elapsed() < SLOT_MAP_MAX_AGE).then(|| map.iter().any(|&(lo, hi, replicas)| lo <= slot && slot <= hi && replicas > 0))
+                });
+                let has_replica = match cached {
+                    Some(has) => has,
+                    None => match read_slot_map(conn).await {
+                        Ok(map) => {
+                            let has = map.iter().any(|&(lo, hi, replicas)| lo <= slot && slot <= hi && replicas > 0);
+                            *self.slot_map.write().expect("not poisoned") = Some((std::time::Instant::now(), map));
+                            has
+                        }
+                        // Unknown: wait, as if it had one (the cost is bounded by the ack timeout).
+                        Err(e) => {
+                            tracing::debug!(error = %e, "redis: cannot read the cluster slot map; waiting for a replica anyway");
+                            true
+                        }
+                    },
+                };
+                if has_replica { ReplicaAck::Wait } else { ReplicaAck::NoReplica }
+            }
+        }
     }
 
     /// The shared connection, made on first use (after a version check) and after a failover.
@@ -364,6 +480,17 @@ pub(crate) fn version_at_least(version: &str, (major, minor): (u32, u32)) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_slots_are_redis_cluster_slots() {
+        // `CLUSTER KEYSLOT` answers (Redis 7.0.15).
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"portcullis:{abc}:session"), key_slot(b"abc"));
+        assert_eq!(key_slot(b"portcullis:{abc}:lease"), key_slot(b"portcullis:{abc}:session"));
+        assert_eq!(key_slot(b"abc"), 7638);
+        assert_eq!(key_slot(b"a{}b"), 13694, "an empty tag hashes the whole key");
+    }
 
     #[test]
     fn versions_compare_numerically() {
