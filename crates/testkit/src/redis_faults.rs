@@ -44,31 +44,64 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Waits until `masters` nodes say they are masters (`ROLE`, each node's own word: another
+    /// node's `CLUSTER NODES` lags behind `redis-cli --cluster create` for a while) and each
+    /// has `replicas` replicas online (`RedisCluster::start` waits for `cluster_state:ok` only,
+    /// which comes before the replicas' first sync, 5 s of diskless-sync delay).
+    pub async fn wait_replicas_online(&self, masters: usize, replicas: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = 0;
+            let mut seen = Vec::new();
+            for i in 0..self.nodes.len() {
+                if self.is_master(i).await {
+                    let info = redis_cli(self.nodes[i].port(), &["info", "replication"]).await;
+                    let online = info.lines().filter(|l| l.starts_with("slave") && l.contains("state=online")).count();
+                    seen.push((self.nodes[i].port(), online));
+                    ready += usize::from(online >= replicas);
+                }
+            }
+            if ready == masters && seen.len() == masters {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{masters} masters with {replicas} replicas online: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether node `i` says it is a master (`ROLE`).
+    pub async fn is_master(&self, i: usize) -> bool {
+        redis_cli(self.nodes[i].port(), &["role"]).await.starts_with("master")
+    }
+
     /// Index in `nodes` of the node listening on `port`.
     pub fn index_of(&self, port: u16) -> usize {
         self.nodes.iter().position(|n| n.port() == port).expect("a node on that port")
     }
 
-    /// The node (index) holding a key matching `pattern` as a master (one key expected).
+    /// The master (index) holding a key matching `pattern` (one key expected).
     pub async fn master_holding(&self, pattern: &str) -> usize {
         let counts = self.keys_per_node(pattern).await;
-        let nodes = self.cluster_nodes(0).await;
-        let holders: Vec<usize> = counts
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| **c > 0 && nodes.iter().any(|n| n.port == self.nodes[*i].port() && n.master))
-            .map(|(i, _)| i)
-            .collect();
+        let mut holders = Vec::new();
+        for (i, count) in counts.iter().enumerate() {
+            if *count > 0 && self.is_master(i).await {
+                holders.push(i);
+            }
+        }
         assert_eq!(holders.len(), 1, "one master holds {pattern}: {counts:?}");
         holders[0]
     }
 
-    /// The replica (index) of master `master`.
+    /// The replica (index) of master `master`, as the master itself reports it.
     pub async fn replica_of(&self, master: usize) -> usize {
-        let nodes = self.cluster_nodes(master).await;
-        let id = &nodes.iter().find(|n| n.port == self.nodes[master].port()).expect("the master itself").id;
-        let replica = nodes.iter().find(|n| n.master_id.as_ref() == Some(id)).expect("a replica of that master");
-        self.index_of(replica.port)
+        let info = redis_cli(self.nodes[master].port(), &["info", "replication"]).await;
+        let port = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("port=")))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("a replica of :{}: {info}", self.nodes[master].port()));
+        self.index_of(port)
     }
 
     /// `redis-server`'s pid on node `i` (`INFO server`: the fixture keeps its child private).

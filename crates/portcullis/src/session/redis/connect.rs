@@ -114,41 +114,6 @@ pub(crate) enum ReplicaAck {
     NoReplica,
 }
 
-/// How long a Cluster's slot map (which shards have replicas) is trusted.
-const SLOT_MAP_MAX_AGE: Duration = Duration::from_secs(10);
-
-/// `CLUSTER SLOTS` as (first slot, last slot, replicas) per range.
-async fn read_slot_map(conn: &mut Conn) -> Result<Vec<(u16, u16, usize)>, RedisError> {
-    let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
-    let mut map = Vec::new();
-    for range in ranges {
-        // [start, end, master, replica…]
-        if let (Some(Value::Int(lo)), Some(Value::Int(hi))) = (range.first(), range.get(1)) {
-            map.push((*lo as u16, *hi as u16, range.len().saturating_sub(3)));
-        }
-    }
-    Ok(map)
-}
-
-/// The Cluster slot of `key` (CRC16/XMODEM of its `{hash tag}` or of the whole key, mod 16384),
-/// as Redis computes it; redis-rs keeps its own `Slot` number private.
-pub(crate) fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| key[open + 1..].iter().position(|&b| b == b'}').map(|len| &key[open + 1..open + 1 + len]))
-        .filter(|tag| !tag.is_empty())
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc % 16384
-}
-
 enum Target {
     Single(Client),
     Sentinel(Sentinel),
@@ -173,8 +138,6 @@ pub(crate) struct Connector {
     connecting: tokio::sync::Mutex<()>,
     /// Index of the seed node the next notification listener starts at (Cluster).
     next_seed: AtomicU64,
-    /// Cluster: slot ranges with their shard's replica count, and when they were read.
-    slot_map: RwLock<Option<(std::time::Instant, Vec<(u16, u16, usize)>)>>,
 }
 
 fn certs(options: &RedisOptions) -> Option<TlsCertificates> {
@@ -264,7 +227,6 @@ impl Connector {
             generation: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
             next_seed: AtomicU64::new(0),
-            slot_map: RwLock::new(None),
         })
     }
 
@@ -274,45 +236,40 @@ impl Connector {
     ///   by hand chooses the moment.
     /// - Sentinel: yes, always. A Sentinel group exists to promote replicas; one without a
     ///   connected replica is the degraded state the unacknowledged-write count is for.
-    /// - Cluster: when the shard holding `key`'s slot has a replica. A Cluster promotes
+    /// - Cluster: when the master of `key`'s slot has a replica connected. A Cluster promotes
     ///   replicas on its own too (after `cluster-node-timeout`), so a write the replica never
     ///   got is lost at a failover exactly as with Sentinel. But `WAIT 1 t` on a master without
     ///   replicas does not answer 0 at once: it blocks for the whole `t` (measured: 300 ms for
     ///   `WAIT 1 300`), which would add twice the ack timeout (500 ms each with the default
     ///   store timeout) to every refresh on a Cluster run without replicas, for an answer known
-    ///   in advance. So the slot map with each shard's replica count (`CLUSTER SLOTS`, 6.2
-    ///   has no `CLUSTER SHARDS`) is read on the same connection and kept for
-    ///   [`SLOT_MAP_MAX_AGE`]: replicas added or lost later are seen within that time, at the
-    ///   cost of one small reply per instance per period, and only when writes happen.
-    ///   A shard without a replica is [`ReplicaAck::NoReplica`]: no `WAIT`, and the write
-    ///   counts as unacknowledged, so a Cluster that lost a shard's replica at a failover shows
-    ///   in the same metric as a Sentinel group that lost its replica.
+    ///   in advance. So that master is asked first (`ROLE`, on the same connection: the one
+    ///   node that knows its replicas for sure; a slot map read from a random node was seen to
+    ///   lag behind). One round trip more, only for the lease and the refreshed tokens (a
+    ///   couple of writes per session per token lifetime). No replica is
+    ///   [`ReplicaAck::NoReplica`]: no `WAIT`, and the write counts as unacknowledged, so a
+    ///   Cluster that lost a shard's replica at a failover shows in the same metric as a
+    ///   Sentinel group that lost its replica.
     pub(crate) async fn wants_replica_ack(&self, conn: &mut Conn, key: &str) -> ReplicaAck {
         match (&self.target, conn) {
             (Target::Single(_), _) => ReplicaAck::Skip,
             (Target::Sentinel(_), _) => ReplicaAck::Wait,
-            (Target::Cluster { .. }, conn) => {
-                let slot = key_slot(key.as_bytes());
-                let cached = self.slot_map.read().expect("not poisoned").as_ref().and_then(|(at, map)| {
-                    (at.elapsed() < SLOT_MAP_MAX_AGE).then(|| map.iter().any(|&(lo, hi, replicas)| lo <= slot && slot <= hi && replicas > 0))
-                });
-                let has_replica = match cached {
-                    Some(has) => has,
-                    None => match read_slot_map(conn).await {
-                        Ok(map) => {
-                            let has = map.iter().any(|&(lo, hi, replicas)| lo <= slot && slot <= hi && replicas > 0);
-                            *self.slot_map.write().expect("not poisoned") = Some((std::time::Instant::now(), map));
-                            has
-                        }
-                        // Unknown: wait, as if it had one (the cost is bounded by the ack timeout).
-                        Err(e) => {
-                            tracing::debug!(error = %e, "redis: cannot read the cluster slot map; waiting for a replica anyway");
-                            true
-                        }
+            (Target::Cluster { .. }, Conn::Cluster(c)) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)));
+                match c.route_command(redis::cmd("ROLE"), route).await {
+                    // ["master", offset, [[ip, port, offset], …]]
+                    Ok(Value::Array(role)) => match role.get(2) {
+                        Some(Value::Array(replicas)) if replicas.is_empty() => ReplicaAck::NoReplica,
+                        _ => ReplicaAck::Wait,
                     },
-                };
-                if has_replica { ReplicaAck::Wait } else { ReplicaAck::NoReplica }
+                    // Unknown: wait, as if it had one (bounded by the ack timeout).
+                    other => {
+                        tracing::debug!(answer = ?other.map(|_| ()), "redis: cannot read the master's replicas; waiting for one anyway");
+                        ReplicaAck::Wait
+                    }
+                }
             }
+            (Target::Cluster { .. }, Conn::Node(_)) => ReplicaAck::Wait,
         }
     }
 
@@ -480,17 +437,6 @@ pub(crate) fn version_at_least(version: &str, (major, minor): (u32, u32)) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_slots_are_redis_cluster_slots() {
-        // `CLUSTER KEYSLOT` answers (Redis 7.0.15).
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"123456789"), 12739);
-        assert_eq!(key_slot(b"portcullis:{abc}:session"), key_slot(b"abc"));
-        assert_eq!(key_slot(b"portcullis:{abc}:lease"), key_slot(b"portcullis:{abc}:session"));
-        assert_eq!(key_slot(b"abc"), 7638);
-        assert_eq!(key_slot(b"a{}b"), 13694, "an empty tag hashes the whole key");
-    }
 
     #[test]
     fn versions_compare_numerically() {
