@@ -98,6 +98,8 @@ struct Inner {
     listener_restarts: Arc<AtomicU64>,
     /// Writes that should have reached a replica and did not (`replica_ack`).
     replica_ack_missing: AtomicU64,
+    /// Whether the first write to a shard without replicas was logged as a warning.
+    no_replica_warned: std::sync::atomic::AtomicBool,
 }
 
 impl RedisStore {
@@ -124,6 +126,7 @@ impl RedisStore {
                 listener: std::sync::Once::new(),
                 listener_restarts: Arc::default(),
                 replica_ack_missing: AtomicU64::new(0),
+                no_replica_warned: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Subscribe at startup when there is a runtime, so the first refresh's notification
@@ -185,18 +188,26 @@ impl RedisStore {
         let wait = replica_ack_timeout(self.inner.timeout);
         let missing = match self.inner.connector.wants_replica_ack(conn, key).await {
             ReplicaAck::Skip => return,
-            ReplicaAck::NoReplica => "no replica in the shard",
+            ReplicaAck::NoReplica => None,
             ReplicaAck::Wait => match conn.wait_for_replica(key, wait).await {
                 Ok(n) if n >= 1 => return,
-                Ok(_) => "no replica acknowledged it in time",
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis: WAIT for a replica failed");
-                    "WAIT failed"
-                }
+                Ok(_) => Some("no replica acknowledged it in time".to_string()),
+                Err(e) => Some(format!("WAIT failed: {e}")),
             },
         };
         let count = self.inner.replica_ack_missing.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(within = ?wait, reason = missing, unacknowledged = count, "redis: no replica has a session write; a failover now could roll it back");
+        match missing {
+            Some(reason) => {
+                tracing::warn!(within = ?wait, %reason, unacknowledged = count, "redis: no replica has a session write; a failover now could roll it back")
+            }
+            // A shard without replicas may be the operator's choice (a Cluster run without
+            // any): said once, then counted only, rather than a warning on every refresh.
+            None if !self.inner.no_replica_warned.swap(true, Ordering::Relaxed) => tracing::warn!(
+                unacknowledged = count,
+                "redis: a session write went to a Cluster shard without replicas; a failover there would lose it (said once; counted in portcullis_store_replica_ack_missing_total)"
+            ),
+            None => tracing::debug!(unacknowledged = count, "redis: session write to a shard without replicas"),
+        }
     }
 
     /// Session writes that no replica acknowledged (see `replica_ack`) since start.
