@@ -20,7 +20,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use portcullis_testkit::{Browser, Gateway, GatewayOptions, Op, OpOptions, RedisCluster, Upstream, free_port};
+use portcullis_testkit::{Browser, Gateway, GatewayOptions, Op, OpOptions, RedisCluster, RedisSentinels, Upstream, free_port};
 
 use common::BIN;
 
@@ -504,6 +504,36 @@ async fn cluster_without_replicas_sends_no_wait() {
     let warnings = c.ack_warnings();
     eprintln!("no replicas: the refreshing request took {took:?}; {warnings}");
     assert_eq!(c.acks_missing().await, vec![2, 0, 0], "the lease and the CAS, unreplicated");
-    assert_eq!(warnings.matches("shard without replicas").count(), 2, "known without a WAIT (warned once, then debug): {warnings}");
+    assert_eq!(warnings.matches("master without replicas").count(), 2, "known without a WAIT (warned once, then debug): {warnings}");
+    assert!(!warnings.contains("in time"), "no WAIT ran out its timeout: {warnings}");
+}
+
+/// Sentinel with its replica down (killed; the sentinels do not fail over for a replica): the
+/// master is asked first, so no `WAIT` runs out its timeout on every lease and refresh; the
+/// writes are counted as unacknowledged and said once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_replica_down_counted_without_waiting() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut group = RedisSentinels::start().await;
+    let c = Instances::start(&group.url(), "", rotating(3)).await;
+    let http = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let started = Instant::now();
+    assert_eq!(c.get(&http, 0, "/api/healthy").await.0, 200);
+    let healthy = started.elapsed();
+    assert_eq!(c.acks_missing().await, vec![0, 0, 0], "the replica acknowledged\n{}", c.ack_warnings());
+
+    let replica = group.data[1].port();
+    group.data_node(replica).kill().await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let grants = c.op.refresh_grants().await;
+    let started = Instant::now();
+    let (status, _, body) = c.get(&http, 0, "/api/replica-down").await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.op.refresh_grants().await, grants + 1);
+    let warnings = c.ack_warnings();
+    eprintln!("sentinel, replica down: refresh took {took:?} (healthy: {healthy:?}); {warnings}");
+    assert_eq!(c.acks_missing().await, vec![2, 0, 0], "the lease and the CAS, unreplicated");
     assert!(!warnings.contains("in time"), "no WAIT ran out its timeout: {warnings}");
 }

@@ -177,8 +177,8 @@ impl RedisStore {
     }
 
     /// After a write that a failover must not lose (the token-changing CAS, the lease), waits
-    /// until a replica has it, when the topology promotes replicas on its own (Sentinel, and a
-    /// Cluster whose shard for `key` has a replica: `Connector::wants_replica_ack`). The write
+    /// until a replica has it, when the topology promotes replicas on its own (Sentinel,
+    /// Cluster) and the master has a replica connected (`Connector::wants_replica_ack`). The write
     /// stands either way: the answer says only whether it would survive a failover right now.
     /// A write no replica acknowledged is logged and counted
     /// (`portcullis_store_replica_ack_missing_total`), so an operator can alert on a replica
@@ -200,13 +200,13 @@ impl RedisStore {
             Some(reason) => {
                 tracing::warn!(within = ?wait, %reason, unacknowledged = count, "redis: no replica has a session write; a failover now could roll it back")
             }
-            // A shard without replicas may be the operator's choice (a Cluster run without
+            // A master without replicas may be the operator's choice (a Cluster run without
             // any): said once, then counted only, rather than a warning on every refresh.
             None if !self.inner.no_replica_warned.swap(true, Ordering::Relaxed) => tracing::warn!(
                 unacknowledged = count,
-                "redis: a session write went to a Cluster shard without replicas; a failover there would lose it (said once; counted in portcullis_store_replica_ack_missing_total)"
+                "redis: a session write went to a master without replicas (a Cluster shard without any, or a Sentinel group whose replica is down); a failover there would lose it (said once; counted in portcullis_store_replica_ack_missing_total)"
             ),
-            None => tracing::debug!(unacknowledged = count, "redis: session write to a shard without replicas"),
+            None => tracing::debug!(unacknowledged = count, "redis: session write to a master without replicas"),
         }
     }
 

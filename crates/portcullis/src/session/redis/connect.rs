@@ -138,6 +138,8 @@ pub(crate) struct Connector {
     connecting: tokio::sync::Mutex<()>,
     /// Index of the seed node the next notification listener starts at (Cluster).
     next_seed: AtomicU64,
+    /// The ACL user was refused `ROLE` (see `wants_replica_ack`).
+    role_refused: std::sync::atomic::AtomicBool,
 }
 
 fn certs(options: &RedisOptions) -> Option<TlsCertificates> {
@@ -227,6 +229,7 @@ impl Connector {
             generation: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
             next_seed: AtomicU64::new(0),
+            role_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -234,42 +237,48 @@ impl Connector {
     ///
     /// - One node: no. Nothing promotes a replica on its own there; an operator who fails over
     ///   by hand chooses the moment.
-    /// - Sentinel: yes, always. A Sentinel group exists to promote replicas; one without a
-    ///   connected replica is the degraded state the unacknowledged-write count is for.
-    /// - Cluster: when the master of `key`'s slot has a replica connected. A Cluster promotes
-    ///   replicas on its own too (after `cluster-node-timeout`), so a write the replica never
-    ///   got is lost at a failover exactly as with Sentinel. But `WAIT 1 t` on a master without
-    ///   replicas does not answer 0 at once: it blocks for the whole `t` (measured: 300 ms for
-    ///   `WAIT 1 300`), which would add twice the ack timeout (500 ms each with the default
-    ///   store timeout) to every refresh on a Cluster run without replicas, for an answer known
-    ///   in advance. So that master is asked first (`ROLE`, on the same connection: the one
-    ///   node that knows its replicas for sure; a slot map read from a random node was seen to
-    ///   lag behind). One round trip more, only for the lease and the refreshed tokens (a
-    ///   couple of writes per session per token lifetime). No replica is
-    ///   [`ReplicaAck::NoReplica`]: no `WAIT`, and the write counts as unacknowledged, so a
-    ///   Cluster that lost a shard's replica at a failover shows in the same metric as a
-    ///   Sentinel group that lost its replica.
+    /// - Sentinel and Cluster: when the master that took the write (on a Cluster, the master
+    ///   of `key`'s slot) has a replica connected. Both promote replicas on their own (after
+    ///   `down-after-milliseconds`, `cluster-node-timeout`), so a write no replica got is lost
+    ///   at a failover. But `WAIT 1 t` on a master without replicas does not answer 0 at
+    ///   once: it blocks for the whole `t` (measured: 300 ms for `WAIT 1 300`), which would add
+    ///   twice the ack timeout (500 ms each with the default store timeout; measured 1.1 s
+    ///   against 17 ms) to every refresh on a Cluster run without replicas, or on a Sentinel
+    ///   group whose replica is down, for an answer known in advance. So that master is asked
+    ///   first (`ROLE`, on the same connection: the one node that knows its replicas for
+    ///   sure; a slot map read from a random node was seen to lag behind). One round trip
+    ///   more, only for the lease and the refreshed tokens (a couple of writes per session per
+    ///   token lifetime). No replica is [`ReplicaAck::NoReplica`]: no `WAIT`, and the write
+    ///   counts as unacknowledged, so a Cluster shard or a Sentinel group that lost its
+    ///   replica shows in the same metric as a replica that stopped answering.
     pub(crate) async fn wants_replica_ack(&self, conn: &mut Conn, key: &str) -> ReplicaAck {
-        match (&self.target, conn) {
-            (Target::Single(_), _) => ReplicaAck::Skip,
-            (Target::Sentinel(_), _) => ReplicaAck::Wait,
-            (Target::Cluster { .. }, Conn::Cluster(c)) => {
+        let role = match (&self.target, conn) {
+            (Target::Single(_), _) => return ReplicaAck::Skip,
+            // An ACL user without `ROLE` (it is in `@admin`): WAIT as before, without asking.
+            _ if self.role_refused.load(Ordering::Relaxed) => return ReplicaAck::Wait,
+            (_, Conn::Node(c)) => redis::cmd("ROLE").query_async::<Value>(c).await,
+            (_, Conn::Cluster(c)) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)));
-                match c.route_command(redis::cmd("ROLE"), route).await {
-                    // ["master", offset, [[ip, port, offset], …]]
-                    Ok(Value::Array(role)) => match role.get(2) {
-                        Some(Value::Array(replicas)) if replicas.is_empty() => ReplicaAck::NoReplica,
-                        _ => ReplicaAck::Wait,
-                    },
-                    // Unknown: wait, as if it had one (bounded by the ack timeout).
-                    other => {
-                        tracing::debug!(answer = ?other.map(|_| ()), "redis: cannot read the master's replicas; waiting for one anyway");
-                        ReplicaAck::Wait
-                    }
-                }
+                c.route_command(redis::cmd("ROLE"), route).await
             }
-            (Target::Cluster { .. }, Conn::Node(_)) => ReplicaAck::Wait,
+        };
+        match role {
+            // ["master", offset, [[ip, port, offset], …]]
+            Ok(Value::Array(role)) => match role.get(2) {
+                Some(Value::Array(replicas)) if replicas.is_empty() => ReplicaAck::NoReplica,
+                _ => ReplicaAck::Wait,
+            },
+            Err(e) if e.code() == Some("NOPERM") => {
+                tracing::info!("redis: the ACL user may not run ROLE; every lease and refresh waits for a replica without asking first");
+                self.role_refused.store(true, Ordering::Relaxed);
+                ReplicaAck::Wait
+            }
+            // Unknown: wait, as if it had one (bounded by the ack timeout).
+            other => {
+                tracing::debug!(answer = ?other.map(|_| ()), "redis: cannot read the master's replicas; waiting for one anyway");
+                ReplicaAck::Wait
+            }
         }
     }
 
