@@ -190,6 +190,10 @@ impl TestCerts {
         ensure_test_deps();
         let dir = ScratchDir::new("certs");
         let d = &dir.0;
+        // A name of its own: a second `TestCerts` must be a CA the servers' certificates do not
+        // name as their issuer (rustls says `UnknownIssuer`, as with any foreign CA), not one
+        // with the same name and another key (`BadSignature`).
+        let ca_subject = format!("/CN=Portcullis test CA {}", d.file_name().unwrap().to_string_lossy());
         let run = |args: &[&str]| {
             let out = std::process::Command::new("openssl").args(args).current_dir(d).output().expect("run openssl");
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -204,7 +208,7 @@ impl TestCerts {
         .unwrap();
         #[rustfmt::skip]
         run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-              "-days", "2", "-subj", "/CN=Portcullis test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+              "-days", "2", "-subj", &ca_subject, "-addext", "basicConstraints=critical,CA:TRUE",
               "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
         #[rustfmt::skip]
         run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out", "server.csr",
