@@ -120,7 +120,11 @@ impl Cli {
         if self.admin {
             command.args(["--user", ADMIN_USER, "--pass", ADMIN_PASSWORD, "--no-auth-warning"]);
         }
-        let out = command.args(args).output().await.expect("run redis-cli");
+        // Bounded: `--cluster create` waits forever for nodes whose bus cannot connect.
+        let out = tokio::time::timeout(Duration::from_secs(30), command.args(args).kill_on_drop(true).output())
+            .await
+            .unwrap_or_else(|_| panic!("redis-cli {args:?} on port {port}: no answer within 30 s"))
+            .expect("run redis-cli");
         assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
