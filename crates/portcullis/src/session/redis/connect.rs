@@ -213,7 +213,7 @@ impl Connector {
         if let Some(current) = self.current.read().expect("not poisoned").clone() {
             return Ok(current);
         }
-        let conn = self.connect().await?;
+        let conn = self.connect().await.map_err(|e| with_tls_hint(e, self.ca_configured))?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *self.current.write().expect("not poisoned") = Some((generation, conn.clone()));
         Ok((generation, conn))
@@ -236,10 +236,6 @@ impl Connector {
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
-        self.connect_once().await.map_err(|e| with_tls_hint(e, self.ca_configured))
-    }
-
-    async fn connect_once(&self) -> Result<Conn, StoreError> {
         let manager_config = || {
             redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(self.timeout))
@@ -397,6 +393,16 @@ pub(crate) fn version_at_least(version: &str, (major, minor): (u32, u32)) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_errors_name_the_ca_setting() {
+        let refused = || StoreError::Unavailable("Io: invalid peer certificate: UnknownIssuer".into());
+        let text = |e: StoreError| e.to_string();
+        assert!(text(with_tls_hint(refused(), true)).contains("not signed by the CA in session.redis_ca_file"));
+        assert!(text(with_tls_hint(refused(), false)).contains("set session.redis_ca_file"));
+        let other = StoreError::Unavailable("connection refused".into());
+        assert_eq!(text(with_tls_hint(other, true)), "session store unavailable: connection refused");
+    }
 
     #[test]
     fn versions_compare_numerically() {
