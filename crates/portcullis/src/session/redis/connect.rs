@@ -102,6 +102,8 @@ pub(crate) struct Connector {
     connecting: tokio::sync::Mutex<()>,
     /// Index of the seed node the next notification listener starts at (Cluster).
     next_seed: AtomicU64,
+    /// Whether `session.redis_ca_file` is set (for the hint on a certificate error).
+    ca_configured: bool,
 }
 
 fn certs(options: &RedisOptions) -> Option<TlsCertificates> {
@@ -191,6 +193,7 @@ impl Connector {
             generation: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
             next_seed: AtomicU64::new(0),
+            ca_configured: options.ca_pem.is_some(),
         })
     }
 
@@ -210,7 +213,7 @@ impl Connector {
         if let Some(current) = self.current.read().expect("not poisoned").clone() {
             return Ok(current);
         }
-        let conn = self.connect().await?;
+        let conn = self.connect().await.map_err(|e| with_tls_hint(e, self.ca_configured))?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *self.current.write().expect("not poisoned") = Some((generation, conn.clone()));
         Ok((generation, conn))
@@ -289,15 +292,15 @@ impl Connector {
             let (host, port) = match tokio::time::timeout(self.timeout, ask).await {
                 Ok(Ok(Some(addr))) => addr,
                 Ok(Ok(None)) => {
-                    problems.push(format!("{:?}: no master named {:?}", s.get_connection_info().addr(), sentinel.service));
+                    problems.push(format!("sentinel {}: no master named {:?}", s.get_connection_info().addr(), sentinel.service));
                     continue;
                 }
                 Ok(Err(e)) => {
-                    problems.push(format!("{:?}: {e}", s.get_connection_info().addr()));
+                    problems.push(format!("sentinel {}: {e}", s.get_connection_info().addr()));
                     continue;
                 }
                 Err(_) => {
-                    problems.push(format!("{:?}: no answer within {:?}", s.get_connection_info().addr(), self.timeout));
+                    problems.push(format!("sentinel {}: no answer within {:?}", s.get_connection_info().addr(), self.timeout));
                     continue;
                 }
             };
@@ -309,17 +312,43 @@ impl Connector {
             };
             match tokio::time::timeout(self.timeout, role).await {
                 Ok(Ok(role)) if matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") => return Ok(master),
-                Ok(Ok(_)) => problems.push(format!("{:?} is not a master (yet)", master.get_connection_info().addr())),
-                Ok(Err(e)) => problems.push(format!("{:?}: {e}", master.get_connection_info().addr())),
-                Err(_) => problems.push(format!("{:?}: no answer within {:?}", master.get_connection_info().addr(), self.timeout)),
+                Ok(Ok(_)) => problems.push(format!("master {} is not a master (yet)", master.get_connection_info().addr())),
+                Ok(Err(e)) => problems.push(format!("master {}: {e}", master.get_connection_info().addr())),
+                Err(_) => problems.push(format!("master {}: no answer within {:?}", master.get_connection_info().addr(), self.timeout)),
             }
         }
-        Err(StoreError::Unavailable(format!("no master for {:?} from the sentinels: {}", sentinel.service, problems.join("; "))))
+        let mut text = format!("no master for {:?} from the sentinels: {}", sentinel.service, problems.join("; "));
+        // The URL's credentials are the data nodes'; a sentinel refusing them (or none) is the
+        // one setting that is easy to miss.
+        if problems.iter().any(|p| p.starts_with("sentinel ") && (p.contains("NOAUTH") || p.contains("WRONGPASS"))) {
+            text.push_str(" (the sentinels' own credentials are session.redis_sentinel_username and session.redis_sentinel_password)");
+        }
+        Err(StoreError::Unavailable(text))
     }
 }
 
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// rustls' words for a server certificate it does not accept (`rustls::Error::InvalidCertificate`'s
+/// Display). redis-rs hands it over as I/O error text only, so the text is all there is to match.
+const BAD_CERTIFICATE: &str = "invalid peer certificate";
+
+/// Adds what to check to a refused server certificate: an operator reading "UnknownIssuer" in
+/// `/readyz`'s log line should not have to know that it means the CA setting.
+fn with_tls_hint(e: StoreError, ca_configured: bool) -> StoreError {
+    match e {
+        StoreError::Unavailable(text) if text.contains(BAD_CERTIFICATE) => {
+            let hint = if ca_configured {
+                "the Redis servers' TLS certificates are not signed by the CA in session.redis_ca_file, or do not name the host connected to"
+            } else {
+                "the Redis servers' TLS certificates are not trusted by the system roots: set session.redis_ca_file to the CA that signed them"
+            };
+            StoreError::Unavailable(format!("{text} ({hint})"))
+        }
+        other => other,
+    }
 }
 
 /// Refuses a server older than [`MIN_VERSION`], naming the version found and the one needed
@@ -364,6 +393,16 @@ pub(crate) fn version_at_least(version: &str, (major, minor): (u32, u32)) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_errors_name_the_ca_setting() {
+        let refused = || StoreError::Unavailable("Io: invalid peer certificate: UnknownIssuer".into());
+        let text = |e: StoreError| e.to_string();
+        assert!(text(with_tls_hint(refused(), true)).contains("not signed by the CA in session.redis_ca_file"));
+        assert!(text(with_tls_hint(refused(), false)).contains("set session.redis_ca_file"));
+        let other = StoreError::Unavailable("connection refused".into());
+        assert_eq!(text(with_tls_hint(other, true)), "session store unavailable: connection refused");
+    }
 
     #[test]
     fn versions_compare_numerically() {
