@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use portcullis::{
     config::RedisAuth,
-    session::{Lifetimes, RedisOptions, RedisStore},
+    session::{ClientPem, Lifetimes, RedisOptions, RedisStore},
 };
 use portcullis_testkit::{
     ACL_PASSWORD, Browser, DOWN_AFTER_MS, Gateway, GatewayOptions, Op, OpOptions, RedisCluster, RedisSentinels, SENTINEL_PASSWORD,
@@ -174,6 +174,37 @@ async fn tls_acl_and_db_number_one_grant_per_expiry() {
     c.one_grant_per_expiry(3, 3).await;
     assert_eq!(redis.count_keys(3, "portcullis:*:session").await, 1, "the session is in database 3");
     assert_eq!(redis.count_keys(0, "portcullis:*").await, 0, "nothing in database 0");
+}
+
+/// Mutual TLS (`tls-auth-clients yes`): without a client certificate the server refuses the
+/// gateway; with `session.redis_client_cert_file`/`_key_file` the race passes, the change
+/// listener included (its connection presents the certificate too, else waiters would poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_client_certificate_one_grant_per_expiry() {
+    let certs = TestCerts::generate();
+    let redis = SecureRedis::start_mutual(&certs).await;
+    let without = RedisOptions { ca_pem: ca_pem(&certs), ..RedisOptions::default() };
+    let err = store_error(&redis.url(), &without).await;
+    assert!(!err.is_empty(), "no client certificate: refused");
+    let client_pem = ClientPem { cert: std::fs::read(&certs.cert_file).unwrap(), key: std::fs::read(&certs.key_file).unwrap() };
+    let key_text = String::from_utf8(client_pem.key.clone()).unwrap();
+    let with = RedisOptions { client_pem: Some(client_pem), ..without };
+    assert!(!format!("{with:?}").contains(key_text.lines().nth(1).unwrap()), "the private key is not in Debug: {with:?}");
+    RedisStore::with_options(&redis.url(), &with, LONG, Duration::from_secs(3))
+        .unwrap()
+        .ping()
+        .await
+        .expect("the client certificate is accepted");
+
+    let lines = format!(
+        "{}redis_client_cert_file = \"{}\"\nredis_client_key_file = \"{}\"\n",
+        ca_line(&certs),
+        certs.cert_file.display(),
+        certs.key_file.display()
+    );
+    let c = Instances::start_with(&redis.url(), &lines, REFRESH_SLOW_POLL, rotating(3)).await;
+    race_woken_by_notification(&c).await;
+    assert_eq!(redis.count_keys(3, "portcullis:*:session").await, 1, "the session is in database 3");
 }
 
 /// A 3-master Cluster through its seed nodes (ACL user): every key of the session on one
@@ -376,9 +407,11 @@ async fn tls_acl_sentinel_one_grant_per_expiry() {
     let sentinel_auth = RedisAuth { username: Some(SENTINEL_USER.into()), password: Some(SENTINEL_PASSWORD.into()) };
 
     let wrong = TestCerts::generate();
-    let err = store_error(&url, &RedisOptions { ca_pem: ca_pem(&wrong), sentinel_auth: sentinel_auth.clone() }).await;
+    let err =
+        store_error(&url, &RedisOptions { ca_pem: ca_pem(&wrong), sentinel_auth: sentinel_auth.clone(), ..RedisOptions::default() }).await;
     assert!(err.contains("UnknownIssuer") && err.contains("session.redis_ca_file"), "the wrong CA is named as such: {err}");
-    let err = store_error(&url, &RedisOptions { ca_pem: ca_pem(&certs), sentinel_auth: RedisAuth::default() }).await;
+    let err =
+        store_error(&url, &RedisOptions { ca_pem: ca_pem(&certs), sentinel_auth: RedisAuth::default(), ..RedisOptions::default() }).await;
     assert!(err.contains("NOAUTH") && err.contains("session.redis_sentinel_password"), "the sentinels' default user is off: {err}");
 
     let c = Instances::start_with(&url, &format!("{}{sentinel_lines}", ca_line(&certs)), REFRESH_SLOW_POLL, rotating(3)).await;

@@ -290,6 +290,8 @@ pub(crate) fn pick_port() -> u16 {
 pub struct SecureRedis {
     node: RedisNode,
     ca_file: PathBuf,
+    /// What the fixture's `redis-cli` presents when the node asks for a client certificate.
+    client_cert: (PathBuf, PathBuf),
     _dir: ScratchDir,
 }
 
@@ -301,7 +303,24 @@ impl SecureRedis {
         let mut args = base_args(port, &dir.0);
         args.extend(certs.server_args(port));
         args.extend(acl_args(true));
-        Self { node: RedisNode::start(port, args).await, ca_file: certs.ca_file.clone(), _dir: dir }
+        Self::started(RedisNode::start(port, args).await, certs, dir)
+    }
+
+    /// Like [`SecureRedis::start`], and every client must present a certificate signed by
+    /// `certs`' CA (`tls-auth-clients yes`: mutual TLS). The fixture's own `redis-cli` calls
+    /// present `certs`' certificate, which also allows client use.
+    pub async fn start_mutual(certs: &TestCerts) -> Self {
+        let dir = ScratchDir::new("redis-mtls");
+        let port = pick_port();
+        let mut args = base_args(port, &dir.0);
+        args.extend(certs.server_args(port));
+        args.extend(["--tls-auth-clients".to_string(), "yes".to_string()]);
+        args.extend(acl_args(true));
+        Self::started(RedisNode::start(port, args).await, certs, dir)
+    }
+
+    fn started(node: RedisNode, certs: &TestCerts, dir: ScratchDir) -> Self {
+        Self { node, ca_file: certs.ca_file.clone(), client_cert: (certs.cert_file.clone(), certs.key_file.clone()), _dir: dir }
     }
 
     /// `rediss://portcullis:…@127.0.0.1:<port>/3`.
@@ -314,6 +333,7 @@ impl SecureRedis {
         #[rustfmt::skip]
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.node.port.to_string(), "--tls", "--cacert", &self.ca_file.display().to_string(),
+                   "--cert", &self.client_cert.0.display().to_string(), "--key", &self.client_cert.1.display().to_string(),
                    "--user", ACL_USER, "--pass", ACL_PASSWORD, "--no-auth-warning", "-n", &db.to_string(), "--scan", "--pattern", pattern])
             .output()
             .await

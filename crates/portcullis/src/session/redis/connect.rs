@@ -27,24 +27,55 @@ pub(super) const MIN_VERSION: (u32, u32) = (6, 2);
 const MIN_VERSION_WHY: &str = "GETEX";
 
 /// Settings beside the URL.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RedisOptions {
     /// PEM bundle of CA certificates trusted instead of the system roots for TLS connections.
     pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and private key (PEM) presented to servers that ask for one
+    /// (`tls-auth-clients yes`: mutual TLS).
+    pub client_pem: Option<ClientPem>,
     /// Credentials for the sentinels (the URL's are the nodes').
     pub sentinel_auth: RedisAuth,
 }
 
+/// A client certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct ClientPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+// By hand: the private key must not reach a log line through `{:?}`.
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { ca_pem, client_pem, sentinel_auth } = self;
+        f.debug_struct("RedisOptions")
+            .field("ca_pem", &ca_pem.as_ref().map(|pem| format!("{} bytes", pem.len())))
+            .field("client_pem", &client_pem.as_ref().map(|_| "<certificate and redacted key>"))
+            .field("sentinel_auth", sentinel_auth)
+            .finish()
+    }
+}
+
 impl RedisOptions {
-    /// The settings of `session`: reads `redis_ca_file` (an error names the key and the file).
+    /// The settings of `session`: reads `redis_ca_file`, `redis_client_cert_file` and
+    /// `redis_client_key_file` (an error names the key and the file).
     pub fn from_config(session: &crate::config::SessionConfig) -> Result<Self, String> {
-        let ca_pem = match &session.redis_ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| format!("session.redis_ca_file: cannot read {}: {e}", path.display()))?),
-            None => None,
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("session.{key}: cannot read {}: {e}", path.display()))
+        };
+        let ca_pem = session.redis_ca_file.as_deref().map(|path| read("redis_ca_file", path)).transpose()?;
+        let client_pem = match (&session.redis_client_cert_file, &session.redis_client_key_file) {
+            (Some(cert), Some(key)) => {
+                Some(ClientPem { cert: read("redis_client_cert_file", cert)?, key: read("redis_client_key_file", key)? })
+            }
+            (None, None) => None,
+            // `Config::validate` refuses one without the other; a caller that skipped it gets the same word.
+            _ => return Err("session.redis_client_cert_file and session.redis_client_key_file go together: set both or neither".into()),
         };
         let sentinel_auth =
             RedisAuth { username: session.redis_sentinel_username.clone(), password: session.redis_sentinel_password.clone() };
-        Ok(Self { ca_pem, sentinel_auth })
+        Ok(Self { ca_pem, client_pem, sentinel_auth })
     }
 }
 
@@ -106,8 +137,15 @@ pub(crate) struct Connector {
     ca_configured: bool,
 }
 
+/// What redis-rs needs beyond its defaults for TLS: `None` when neither extra roots nor a client
+/// certificate are configured (the system roots, no client certificate).
 fn certs(options: &RedisOptions) -> Option<TlsCertificates> {
-    options.ca_pem.clone().map(|pem| TlsCertificates { client_tls: None, root_cert: Some(pem) })
+    if options.ca_pem.is_none() && options.client_pem.is_none() {
+        return None;
+    }
+    let client_tls =
+        options.client_pem.as_ref().map(|pem| redis::ClientTlsConfig { client_cert: pem.cert.clone(), client_key: pem.key.clone() });
+    Some(TlsCertificates { client_tls, root_cert: options.ca_pem.clone() })
 }
 
 fn bad_url(e: RedisError) -> StoreError {
