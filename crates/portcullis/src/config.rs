@@ -279,6 +279,13 @@ pub struct SessionConfig {
     /// system roots for `rediss` URLs (the usual case: a private CA).
     #[serde(default)]
     pub redis_ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain the gateway presents to Redis servers that ask for a client
+    /// certificate (`tls-auth-clients yes`); with `redis_client_key_file`.
+    #[serde(default)]
+    pub redis_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `redis_client_cert_file` (a path: the key itself never enters the config).
+    #[serde(default)]
+    pub redis_client_key_file: Option<std::path::PathBuf>,
     /// ACL user and password for the sentinels of a `redis+sentinel://` URL, when they differ
     /// from the nodes' (the URL's credentials are the nodes').
     #[serde(default)]
@@ -367,6 +374,8 @@ impl std::fmt::Debug for SessionConfig {
             store,
             redis_url,
             redis_ca_file,
+            redis_client_cert_file,
+            redis_client_key_file,
             redis_sentinel_username,
             redis_sentinel_password,
             secret,
@@ -383,6 +392,8 @@ impl std::fmt::Debug for SessionConfig {
             .field("store", store)
             .field("redis_url", &redis_url.as_deref().map(redact_url))
             .field("redis_ca_file", redis_ca_file)
+            .field("redis_client_cert_file", redis_client_cert_file)
+            .field("redis_client_key_file", redis_client_key_file)
             .field("redis_sentinel_username", redis_sentinel_username)
             .field("redis_sentinel_password", &redis_sentinel_password.as_ref().map(|_| REDACTED))
             .field("secret", &secret.as_ref().map(|_| REDACTED))
@@ -753,6 +764,20 @@ impl Config {
             if self.session.redis_ca_file.is_some() && !topology.tls() {
                 return Err(invalid(
                     "session.redis_ca_file",
+                    "set, but session.redis_url does not use TLS (rediss://, rediss+sentinel://, rediss+cluster://)",
+                ));
+            }
+            let (cert, key) = (&self.session.redis_client_cert_file, &self.session.redis_client_key_file);
+            if cert.is_some() != key.is_some() {
+                let missing = if cert.is_none() { "session.redis_client_cert_file" } else { "session.redis_client_key_file" };
+                return Err(invalid(
+                    missing,
+                    "session.redis_client_cert_file and session.redis_client_key_file go together: set both or neither",
+                ));
+            }
+            if cert.is_some() && !topology.tls() {
+                return Err(invalid(
+                    "session.redis_client_cert_file",
                     "set, but session.redis_url does not use TLS (rediss://, rediss+sentinel://, rediss+cluster://)",
                 ));
             }

@@ -34,5 +34,5 @@ pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
 pub use redis_faults::ClusterNodeInfo;
 pub use redis_sentinel::{DOWN_AFTER_MS, RedisSentinels, SENTINEL_SERVICE};
-pub use redis_topology::{ACL_PASSWORD, ACL_USER, RedisNode, SecureRedis, TestCerts};
+pub use redis_topology::{ACL_PASSWORD, ACL_USER, RedisNode, SENTINEL_PASSWORD, SENTINEL_USER, SecureRedis, TestCerts, TopologyOptions};
 pub use upstream::{Seen, Upstream};

@@ -2,20 +2,31 @@
 
 use std::time::Duration;
 
-use crate::redis_topology::{ACL_PASSWORD, ACL_USER, RedisNode, ScratchDir, acl_args, base_args, pick_port, redis_cli, wait_until};
+use crate::redis_topology::{ACL_PASSWORD, ACL_USER, Cli, RedisNode, ScratchDir, TopologyOptions, base_args, pick_port, wait_until};
 
 /// `masters` masters (each with `replicas` replicas), slots spread by `redis-cli --cluster
 /// create`; every node also has the ACL user. Killed when dropped.
 pub struct RedisCluster {
     /// Masters first, then replicas (as `redis-cli --cluster create` assigns them).
     pub nodes: Vec<RedisNode>,
+    scheme: &'static str,
+    cli: Cli,
     _dir: ScratchDir,
 }
 
 impl RedisCluster {
-    /// Starts the nodes, creates the cluster, and waits until every node says `cluster_state:ok`.
+    /// Starts the nodes (plain TCP, the default user on), creates the cluster, and waits until
+    /// every node says `cluster_state:ok`.
     pub async fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, TopologyOptions::default()).await
+    }
+
+    /// [`RedisCluster::start`], secured as `options` says: with TLS the Cluster bus is TLS too
+    /// (`tls-cluster`), so the nodes announce their TLS ports in `CLUSTER SLOTS` and
+    /// redirections; with `acl_only` replicas authenticate to their masters as the admin user.
+    pub async fn start_with(masters: usize, replicas: usize, options: TopologyOptions<'_>) -> Self {
         let dir = ScratchDir::new("redis-cluster");
+        let cli = Cli::new(&options);
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = pick_port();
@@ -29,7 +40,11 @@ impl RedisCluster {
                 "--cluster-port", &pick_port().to_string(),
                 "--cluster-node-timeout", "2000",
             ].map(String::from));
-            args.extend(acl_args(false));
+            if options.tls.is_some() {
+                args.extend(options.tls_args(port));
+                args.extend(["--tls-cluster", "yes"].map(String::from));
+            }
+            args.extend(options.acl_args());
             nodes.push(RedisNode::start(port, args).await);
         }
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
@@ -37,28 +52,29 @@ impl RedisCluster {
         args.extend(addrs.iter().map(String::as_str));
         let replicas_arg = replicas.to_string();
         args.extend(["--cluster-replicas", &replicas_arg, "--cluster-yes"]);
-        redis_cli(nodes[0].port, &args).await;
+        cli.run(nodes[0].port, &args).await;
         for node in &nodes {
             let port = node.port;
             wait_until(Duration::from_secs(20), "cluster_state:ok", async || {
-                redis_cli(port, &["cluster", "info"]).await.contains("cluster_state:ok")
+                cli.run(port, &["cluster", "info"]).await.contains("cluster_state:ok")
             })
             .await;
         }
-        Self { nodes, _dir: dir }
+        Self { nodes, scheme: options.scheme(), cli, _dir: dir }
     }
 
-    /// `redis+cluster://portcullis:…@127.0.0.1:p1,127.0.0.1:p2,…` (every node a seed).
+    /// `redis+cluster://portcullis:…@127.0.0.1:p1,127.0.0.1:p2,…` (every node a seed;
+    /// `rediss+cluster://` with TLS).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        format!("redis+cluster://{ACL_USER}:{ACL_PASSWORD}@{}", seeds.join(","))
+        format!("{}+cluster://{ACL_USER}:{ACL_PASSWORD}@{}", self.scheme, seeds.join(","))
     }
 
     /// How many keys matching `pattern` each node holds (`--scan` on each).
     pub async fn keys_per_node(&self, pattern: &str) -> Vec<usize> {
         let mut counts = Vec::new();
         for node in &self.nodes {
-            let keys = redis_cli(node.port, &["--scan", "--pattern", pattern]).await;
+            let keys = self.cli.run(node.port, &["--scan", "--pattern", pattern]).await;
             counts.push(keys.lines().filter(|l| !l.is_empty()).count());
         }
         counts

@@ -91,12 +91,82 @@ pub(crate) fn base_args(port: u16, dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `redis-cli -p <port> <args>`, its stdout; panics when it fails.
+/// `redis-cli -p <port> <args>` on a plain node, its stdout; panics when it fails.
+#[allow(dead_code)] // the topologies use `Cli` now; kept for fixtures on plain nodes
 pub(crate) async fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out =
-        Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().await.expect("run redis-cli");
-    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    Cli::default().run(port, args).await
+}
+
+/// How the fixture's own `redis-cli` calls reach a topology: over TLS with the test CA, and as
+/// [`ADMIN_USER`] when the default user is off.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Cli {
+    ca_file: Option<PathBuf>,
+    admin: bool,
+}
+
+impl Cli {
+    pub(crate) fn new(options: &TopologyOptions<'_>) -> Self {
+        Self { ca_file: options.tls.map(|c| c.ca_file.clone()), admin: options.acl_only }
+    }
+
+    /// `redis-cli -p <port> [--tls --cacert …] [--user … --pass …] <args>`, its stdout; panics when it fails.
+    pub(crate) async fn run(&self, port: u16, args: &[&str]) -> String {
+        let mut command = Command::new("redis-cli");
+        command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(ca) = &self.ca_file {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        if self.admin {
+            command.args(["--user", ADMIN_USER, "--pass", ADMIN_PASSWORD, "--no-auth-warning"]);
+        }
+        // Bounded: `--cluster create` waits forever for nodes whose bus cannot connect.
+        let out = tokio::time::timeout(Duration::from_secs(30), command.args(args).kill_on_drop(true).output())
+            .await
+            .unwrap_or_else(|_| panic!("redis-cli {args:?} on port {port}: no answer within 30 s"))
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// How a multi-process topology ([`crate::RedisCluster`], [`crate::RedisSentinels`]) is
+/// secured. The default is what the plain `start()` gives: plain TCP, the default user on.
+#[derive(Clone, Copy, Default)]
+pub struct TopologyOptions<'a> {
+    /// TLS only, with these certificates (plain port 0), on every link: clients, the Cluster
+    /// bus, replication, and the sentinels' links to the data nodes and to each other.
+    pub tls: Option<&'a TestCerts>,
+    /// The default user off on every process: the gateway gets in only as [`ACL_USER`] (and,
+    /// at the sentinels, as [`SENTINEL_USER`]); replication, sentinels and the fixture itself
+    /// as [`ADMIN_USER`].
+    pub acl_only: bool,
+}
+
+impl TopologyOptions<'_> {
+    /// `rediss` with TLS, else `redis` (the scheme's prefix before `+cluster`/`+sentinel`).
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "rediss" } else { "redis" }
+    }
+
+    /// TLS arguments of a data node (`redis-server`), replication over TLS included.
+    pub(crate) fn tls_args(&self, port: u16) -> Vec<String> {
+        let Some(certs) = self.tls else { return Vec::new() };
+        let mut args = certs.server_args(port);
+        args.extend(["--tls-replication", "yes"].map(String::from));
+        args
+    }
+
+    /// ACL arguments of a data node: [`ACL_USER`] always; with `acl_only`, [`ADMIN_USER`],
+    /// the default user off, and replication authenticated as the admin.
+    pub(crate) fn acl_args(&self) -> Vec<String> {
+        let mut args = acl_args(self.acl_only);
+        if self.acl_only {
+            args.extend(admin_args());
+            args.extend(["--masteruser", ADMIN_USER, "--masterauth", ADMIN_PASSWORD].map(String::from));
+        }
+        args
+    }
 }
 
 /// Waits until `check` is true, for at most `within`.
@@ -108,7 +178,8 @@ pub(crate) async fn wait_until<F: AsyncFnMut() -> bool>(within: Duration, what: 
     }
 }
 
-/// A private CA and a server certificate for `127.0.0.1`/`localhost`, made with `openssl`.
+/// A private CA and a server certificate for `127.0.0.1`/`localhost` (also good as a client
+/// certificate, for the Cluster bus), made with `openssl`.
 pub struct TestCerts {
     _dir: ScratchDir,
     /// PEM of the CA (what `session.redis_ca_file` points at).
@@ -123,18 +194,25 @@ impl TestCerts {
         ensure_test_deps();
         let dir = ScratchDir::new("certs");
         let d = &dir.0;
+        // A name of its own: a second `TestCerts` must be a CA the servers' certificates do not
+        // name as their issuer (rustls says `UnknownIssuer`, as with any foreign CA), not one
+        // with the same name and another key (`BadSignature`).
+        let ca_subject = format!("/CN=Portcullis test CA {}", d.file_name().unwrap().to_string_lossy());
         let run = |args: &[&str]| {
             let out = std::process::Command::new("openssl").args(args).current_dir(d).output().expect("run openssl");
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
+        // clientAuth too: a Cluster node presents this certificate when it connects to another's
+        // TLS bus, and the bus always asks for a client certificate (whatever
+        // `tls-auth-clients` says); with serverAuth only, `CLUSTER MEET` never completes.
         std::fs::write(
             d.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
         )
         .unwrap();
         #[rustfmt::skip]
         run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-              "-days", "2", "-subj", "/CN=Portcullis test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+              "-days", "2", "-subj", &ca_subject, "-addext", "basicConstraints=critical,CA:TRUE",
               "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
         #[rustfmt::skip]
         run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out", "server.csr",
@@ -188,6 +266,22 @@ pub(crate) fn acl_args(lock_default: bool) -> Vec<String> {
     args
 }
 
+/// A user for everything that is not the gateway: replication (`masteruser`), the sentinels
+/// (`sentinel auth-user`, `sentinel sentinel-user`) and the fixture's own `redis-cli` calls.
+pub(crate) const ADMIN_USER: &str = "fixture-admin";
+pub(crate) const ADMIN_PASSWORD: &str = "fixture-admin-pass";
+
+/// `--user` arguments that create [`ADMIN_USER`] with every key, channel and command.
+pub(crate) fn admin_args() -> Vec<String> {
+    ["--user", ADMIN_USER, "on", &format!(">{ADMIN_PASSWORD}"), "~*", "&*", "+@all"].map(String::from).to_vec()
+}
+
+/// The gateway's user at the sentinels (`session.redis_sentinel_username`), when they run with
+/// the default user off.
+pub const SENTINEL_USER: &str = "portcullis-sentinel";
+/// Its password (`session.redis_sentinel_password`).
+pub const SENTINEL_PASSWORD: &str = "s3cret-sentinel-pass";
+
 pub(crate) fn pick_port() -> u16 {
     free_port()
 }
@@ -196,6 +290,8 @@ pub(crate) fn pick_port() -> u16 {
 pub struct SecureRedis {
     node: RedisNode,
     ca_file: PathBuf,
+    /// What the fixture's `redis-cli` presents when the node asks for a client certificate.
+    client_cert: (PathBuf, PathBuf),
     _dir: ScratchDir,
 }
 
@@ -207,7 +303,24 @@ impl SecureRedis {
         let mut args = base_args(port, &dir.0);
         args.extend(certs.server_args(port));
         args.extend(acl_args(true));
-        Self { node: RedisNode::start(port, args).await, ca_file: certs.ca_file.clone(), _dir: dir }
+        Self::started(RedisNode::start(port, args).await, certs, dir)
+    }
+
+    /// Like [`SecureRedis::start`], and every client must present a certificate signed by
+    /// `certs`' CA (`tls-auth-clients yes`: mutual TLS). The fixture's own `redis-cli` calls
+    /// present `certs`' certificate, which also allows client use.
+    pub async fn start_mutual(certs: &TestCerts) -> Self {
+        let dir = ScratchDir::new("redis-mtls");
+        let port = pick_port();
+        let mut args = base_args(port, &dir.0);
+        args.extend(certs.server_args(port));
+        args.extend(["--tls-auth-clients".to_string(), "yes".to_string()]);
+        args.extend(acl_args(true));
+        Self::started(RedisNode::start(port, args).await, certs, dir)
+    }
+
+    fn started(node: RedisNode, certs: &TestCerts, dir: ScratchDir) -> Self {
+        Self { node, ca_file: certs.ca_file.clone(), client_cert: (certs.cert_file.clone(), certs.key_file.clone()), _dir: dir }
     }
 
     /// `rediss://portcullis:…@127.0.0.1:<port>/3`.
@@ -220,6 +333,7 @@ impl SecureRedis {
         #[rustfmt::skip]
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.node.port.to_string(), "--tls", "--cacert", &self.ca_file.display().to_string(),
+                   "--cert", &self.client_cert.0.display().to_string(), "--key", &self.client_cert.1.display().to_string(),
                    "--user", ACL_USER, "--pass", ACL_PASSWORD, "--no-auth-warning", "-n", &db.to_string(), "--scan", "--pattern", pattern])
             .output()
             .await

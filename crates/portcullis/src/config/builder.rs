@@ -60,6 +60,8 @@ impl Config {
                     store: StoreKind::default(),
                     redis_url: None,
                     redis_ca_file: None,
+                    redis_client_cert_file: None,
+                    redis_client_key_file: None,
                     redis_sentinel_username: None,
                     redis_sentinel_password: None,
                     secret: None,
@@ -220,6 +222,30 @@ mod tests {
                     .redis_url("redis+cluster://n1:7000")
                     .edit(|c| c.session.redis_ca_file = Some("ca.pem".into())),
                 "session.redis_ca_file",
+            ),
+            (
+                "redis client certificate without its key",
+                base()
+                    .store(StoreKind::Redis)
+                    .redis_url("rediss://n1:6380")
+                    .edit(|c| c.session.redis_client_cert_file = Some("client.pem".into())),
+                "session.redis_client_key_file",
+            ),
+            (
+                "redis client key without its certificate",
+                base()
+                    .store(StoreKind::Redis)
+                    .redis_url("rediss://n1:6380")
+                    .edit(|c| c.session.redis_client_key_file = Some("client.key".into())),
+                "session.redis_client_cert_file",
+            ),
+            (
+                "redis client certificate without TLS",
+                base().store(StoreKind::Redis).redis_url("redis://n1:6379").edit(|c| {
+                    c.session.redis_client_cert_file = Some("client.pem".into());
+                    c.session.redis_client_key_file = Some("client.key".into());
+                }),
+                "session.redis_client_cert_file",
             ),
             (
                 "jwt without audiences",

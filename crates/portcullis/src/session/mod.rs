@@ -19,6 +19,6 @@ pub use instrumented::InstrumentedStore;
 pub use memory::MemoryStore;
 pub use read_cache::{CachedStore, ReadCacheSettings, ReadCacheStats};
 pub use record::{Freshness, Identity, SessionRecord, TokenSet, UnixMillis, UnsettledRefresh, now_millis};
-pub use redis::{RedisOptions, RedisStore};
+pub use redis::{ClientPem, RedisOptions, RedisStore};
 pub use sealed_cookie::{CookiePayload, CookieSealer, MAX_CHUNKS, chunk_name, chunks_present, join as join_chunks, split as split_chunks};
 pub use store::{CasOutcome, DeleteOutcome, Lifetimes, SessionStore, StoreError};

@@ -21,7 +21,7 @@ use redis::AsyncCommands;
 
 mod connect;
 
-pub use connect::RedisOptions;
+pub use connect::{ClientPem, RedisOptions};
 use connect::{Conn, Connector, ReplicaAck};
 
 use super::{

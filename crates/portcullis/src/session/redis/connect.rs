@@ -27,24 +27,55 @@ pub(super) const MIN_VERSION: (u32, u32) = (6, 2);
 const MIN_VERSION_WHY: &str = "GETEX";
 
 /// Settings beside the URL.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RedisOptions {
     /// PEM bundle of CA certificates trusted instead of the system roots for TLS connections.
     pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and private key (PEM) presented to servers that ask for one
+    /// (`tls-auth-clients yes`: mutual TLS).
+    pub client_pem: Option<ClientPem>,
     /// Credentials for the sentinels (the URL's are the nodes').
     pub sentinel_auth: RedisAuth,
 }
 
+/// A client certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct ClientPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+// By hand: the private key must not reach a log line through `{:?}`.
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { ca_pem, client_pem, sentinel_auth } = self;
+        f.debug_struct("RedisOptions")
+            .field("ca_pem", &ca_pem.as_ref().map(|pem| format!("{} bytes", pem.len())))
+            .field("client_pem", &client_pem.as_ref().map(|_| "<certificate and redacted key>"))
+            .field("sentinel_auth", sentinel_auth)
+            .finish()
+    }
+}
+
 impl RedisOptions {
-    /// The settings of `session`: reads `redis_ca_file` (an error names the key and the file).
+    /// The settings of `session`: reads `redis_ca_file`, `redis_client_cert_file` and
+    /// `redis_client_key_file` (an error names the key and the file).
     pub fn from_config(session: &crate::config::SessionConfig) -> Result<Self, String> {
-        let ca_pem = match &session.redis_ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| format!("session.redis_ca_file: cannot read {}: {e}", path.display()))?),
-            None => None,
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("session.{key}: cannot read {}: {e}", path.display()))
+        };
+        let ca_pem = session.redis_ca_file.as_deref().map(|path| read("redis_ca_file", path)).transpose()?;
+        let client_pem = match (&session.redis_client_cert_file, &session.redis_client_key_file) {
+            (Some(cert), Some(key)) => {
+                Some(ClientPem { cert: read("redis_client_cert_file", cert)?, key: read("redis_client_key_file", key)? })
+            }
+            (None, None) => None,
+            // `Config::validate` refuses one without the other; a caller that skipped it gets the same word.
+            _ => return Err("session.redis_client_cert_file and session.redis_client_key_file go together: set both or neither".into()),
         };
         let sentinel_auth =
             RedisAuth { username: session.redis_sentinel_username.clone(), password: session.redis_sentinel_password.clone() };
-        Ok(Self { ca_pem, sentinel_auth })
+        Ok(Self { ca_pem, client_pem, sentinel_auth })
     }
 }
 
@@ -138,12 +169,21 @@ pub(crate) struct Connector {
     connecting: tokio::sync::Mutex<()>,
     /// Index of the seed node the next notification listener starts at (Cluster).
     next_seed: AtomicU64,
+    /// Whether `session.redis_ca_file` is set (for the hint on a certificate error).
+    ca_configured: bool,
     /// The ACL user was refused `ROLE` (see `wants_replica_ack`).
     role_refused: std::sync::atomic::AtomicBool,
 }
 
+/// What redis-rs needs beyond its defaults for TLS: `None` when neither extra roots nor a client
+/// certificate are configured (the system roots, no client certificate).
 fn certs(options: &RedisOptions) -> Option<TlsCertificates> {
-    options.ca_pem.clone().map(|pem| TlsCertificates { client_tls: None, root_cert: Some(pem) })
+    if options.ca_pem.is_none() && options.client_pem.is_none() {
+        return None;
+    }
+    let client_tls =
+        options.client_pem.as_ref().map(|pem| redis::ClientTlsConfig { client_cert: pem.cert.clone(), client_key: pem.key.clone() });
+    Some(TlsCertificates { client_tls, root_cert: options.ca_pem.clone() })
 }
 
 fn bad_url(e: RedisError) -> StoreError {
@@ -229,6 +269,7 @@ impl Connector {
             generation: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
             next_seed: AtomicU64::new(0),
+            ca_configured: options.ca_pem.is_some(),
             role_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -292,7 +333,7 @@ impl Connector {
         if let Some(current) = self.current.read().expect("not poisoned").clone() {
             return Ok(current);
         }
-        let conn = self.connect().await?;
+        let conn = self.connect().await.map_err(|e| with_tls_hint(e, self.ca_configured))?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *self.current.write().expect("not poisoned") = Some((generation, conn.clone()));
         Ok((generation, conn))
@@ -371,15 +412,15 @@ impl Connector {
             let (host, port) = match tokio::time::timeout(self.timeout, ask).await {
                 Ok(Ok(Some(addr))) => addr,
                 Ok(Ok(None)) => {
-                    problems.push(format!("{:?}: no master named {:?}", s.get_connection_info().addr(), sentinel.service));
+                    problems.push(format!("sentinel {}: no master named {:?}", s.get_connection_info().addr(), sentinel.service));
                     continue;
                 }
                 Ok(Err(e)) => {
-                    problems.push(format!("{:?}: {e}", s.get_connection_info().addr()));
+                    problems.push(format!("sentinel {}: {e}", s.get_connection_info().addr()));
                     continue;
                 }
                 Err(_) => {
-                    problems.push(format!("{:?}: no answer within {:?}", s.get_connection_info().addr(), self.timeout));
+                    problems.push(format!("sentinel {}: no answer within {:?}", s.get_connection_info().addr(), self.timeout));
                     continue;
                 }
             };
@@ -391,17 +432,43 @@ impl Connector {
             };
             match tokio::time::timeout(self.timeout, role).await {
                 Ok(Ok(role)) if matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") => return Ok(master),
-                Ok(Ok(_)) => problems.push(format!("{:?} is not a master (yet)", master.get_connection_info().addr())),
-                Ok(Err(e)) => problems.push(format!("{:?}: {e}", master.get_connection_info().addr())),
-                Err(_) => problems.push(format!("{:?}: no answer within {:?}", master.get_connection_info().addr(), self.timeout)),
+                Ok(Ok(_)) => problems.push(format!("master {} is not a master (yet)", master.get_connection_info().addr())),
+                Ok(Err(e)) => problems.push(format!("master {}: {e}", master.get_connection_info().addr())),
+                Err(_) => problems.push(format!("master {}: no answer within {:?}", master.get_connection_info().addr(), self.timeout)),
             }
         }
-        Err(StoreError::Unavailable(format!("no master for {:?} from the sentinels: {}", sentinel.service, problems.join("; "))))
+        let mut text = format!("no master for {:?} from the sentinels: {}", sentinel.service, problems.join("; "));
+        // The URL's credentials are the data nodes'; a sentinel refusing them (or none) is the
+        // one setting that is easy to miss.
+        if problems.iter().any(|p| p.starts_with("sentinel ") && (p.contains("NOAUTH") || p.contains("WRONGPASS"))) {
+            text.push_str(" (the sentinels' own credentials are session.redis_sentinel_username and session.redis_sentinel_password)");
+        }
+        Err(StoreError::Unavailable(text))
     }
 }
 
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// rustls' words for a server certificate it does not accept (`rustls::Error::InvalidCertificate`'s
+/// Display). redis-rs hands it over as I/O error text only, so the text is all there is to match.
+const BAD_CERTIFICATE: &str = "invalid peer certificate";
+
+/// Adds what to check to a refused server certificate: an operator reading "UnknownIssuer" in
+/// `/readyz`'s log line should not have to know that it means the CA setting.
+fn with_tls_hint(e: StoreError, ca_configured: bool) -> StoreError {
+    match e {
+        StoreError::Unavailable(text) if text.contains(BAD_CERTIFICATE) => {
+            let hint = if ca_configured {
+                "the Redis servers' TLS certificates are not signed by the CA in session.redis_ca_file, or do not name the host connected to"
+            } else {
+                "the Redis servers' TLS certificates are not trusted by the system roots: set session.redis_ca_file to the CA that signed them"
+            };
+            StoreError::Unavailable(format!("{text} ({hint})"))
+        }
+        other => other,
+    }
 }
 
 /// Refuses a server older than [`MIN_VERSION`], naming the version found and the one needed
@@ -446,6 +513,16 @@ pub(crate) fn version_at_least(version: &str, (major, minor): (u32, u32)) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_errors_name_the_ca_setting() {
+        let refused = || StoreError::Unavailable("Io: invalid peer certificate: UnknownIssuer".into());
+        let text = |e: StoreError| e.to_string();
+        assert!(text(with_tls_hint(refused(), true)).contains("not signed by the CA in session.redis_ca_file"));
+        assert!(text(with_tls_hint(refused(), false)).contains("set session.redis_ca_file"));
+        let other = StoreError::Unavailable("connection refused".into());
+        assert_eq!(text(with_tls_hint(other, true)), "session store unavailable: connection refused");
+    }
 
     #[test]
     fn versions_compare_numerically() {
