@@ -18,6 +18,7 @@ mod op;
 mod process;
 mod redis;
 mod redis_cluster;
+mod redis_faults;
 mod redis_sentinel;
 mod redis_topology;
 mod upstream;
@@ -31,6 +32,7 @@ pub use op::{API_CLIENT_ID, API_CLIENT_SECRET, API_RESOURCE, CLIENT_ID, CLIENT_S
 pub use process::{free_port, repo_root};
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
+pub use redis_faults::ClusterNodeInfo;
 pub use redis_sentinel::{DOWN_AFTER_MS, RedisSentinels, SENTINEL_SERVICE};
 pub use redis_topology::{ACL_PASSWORD, ACL_USER, RedisNode, SENTINEL_PASSWORD, SENTINEL_USER, SecureRedis, TestCerts, TopologyOptions};
 pub use upstream::{Seen, Upstream};

@@ -17,7 +17,8 @@
 //! - `portcullis_op_request_duration_seconds{endpoint}`, `portcullis_op_request_errors_total{endpoint}`:
 //!   calls to the OpenID Provider.
 //! - `portcullis_sessions_active` (memory store) and
-//!   `portcullis_store_notification_restarts_total` (Redis store): read at scrape time by the
+//!   `portcullis_store_notification_restarts_total`, `portcullis_store_replica_ack_missing_total`
+//!   (Redis store): read at scrape time by the
 //!   collectors [`register_memory_store`] and [`register_redis_store`] add.
 
 mod histogram;
@@ -248,7 +249,9 @@ pub fn register_memory_store(registry: &mut Registry, store: MemoryStore) {
 }
 
 /// Adds `portcullis_store_notification_restarts_total`: how often the Redis store's
-/// change-notification listener reconnected (`RedisStore::notification_restarts`).
+/// change-notification listener reconnected (`RedisStore::notification_restarts`), and
+/// `portcullis_store_replica_ack_missing_total`: session writes no replica acknowledged
+/// (`RedisStore::replica_acks_missing`).
 pub fn register_redis_store(registry: &mut Registry, store: Arc<RedisStore>) {
     registry.register_collector(Box::new(RedisStoreCollector(store)));
 }
@@ -284,6 +287,14 @@ impl Collector for RedisStoreCollector {
         let metric = encoder.encode_descriptor(
             "portcullis_store_notification_restarts",
             "restarts of the Redis change-notification listener (lost or half-open pub/sub connection)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)?;
+        let counter = ConstCounter::new(self.0.replica_acks_missing());
+        let metric = encoder.encode_descriptor(
+            "portcullis_store_replica_ack_missing",
+            "session writes (refresh leases, refreshed tokens) no Redis replica acknowledged: a failover now would roll them back",
             None,
             counter.metric_type(),
         )?;

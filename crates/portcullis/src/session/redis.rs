@@ -22,7 +22,7 @@ use redis::AsyncCommands;
 mod connect;
 
 pub use connect::{ClientPem, RedisOptions};
-use connect::{Conn, Connector};
+use connect::{Conn, Connector, ReplicaAck};
 
 use super::{
     CasOutcome, ChangeFeed, ChangeWatch, DeleteOutcome, Lifetimes, SessionKey, SessionRecord, SessionStore, StoreError, record::now_millis,
@@ -96,6 +96,10 @@ struct Inner {
     listener: std::sync::Once,
     /// Restarts of that connection after it was lost (closed, or a ping unanswered).
     listener_restarts: Arc<AtomicU64>,
+    /// Writes that should have reached a replica and did not (`replica_ack`).
+    replica_ack_missing: AtomicU64,
+    /// Whether the first write to a shard without replicas was logged as a warning.
+    no_replica_warned: std::sync::atomic::AtomicBool,
 }
 
 impl RedisStore {
@@ -121,6 +125,8 @@ impl RedisStore {
                 changes: ChangeFeed::default(),
                 listener: std::sync::Once::new(),
                 listener_restarts: Arc::default(),
+                replica_ack_missing: AtomicU64::new(0),
+                no_replica_warned: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Subscribe at startup when there is a runtime, so the first refresh's notification
@@ -171,18 +177,42 @@ impl RedisStore {
     }
 
     /// After a write that a failover must not lose (the token-changing CAS, the lease), waits
-    /// until a replica has it, when the topology promotes replicas (Sentinel). The write stands
-    /// either way: the answer says only whether it would survive a failover right now.
-    async fn replica_ack(&self, conn: &mut Conn) {
-        if !self.inner.connector.wants_replica_ack() {
-            return;
-        }
+    /// until a replica has it, when the topology promotes replicas on its own (Sentinel,
+    /// Cluster) and the master has a replica connected (`Connector::wants_replica_ack`). The write
+    /// stands either way: the answer says only whether it would survive a failover right now.
+    /// A write no replica acknowledged is logged and counted
+    /// (`portcullis_store_replica_ack_missing_total`), so an operator can alert on a replica
+    /// that is gone or lagging. What a failover then loses, and why the write is kept rather
+    /// than refused, is measured in `crates/gateway/tests/redis_replication.rs`.
+    async fn replica_ack(&self, conn: &mut Conn, key: &str) {
         let wait = replica_ack_timeout(self.inner.timeout);
-        match redis::cmd("WAIT").arg(1).arg(millis(wait)).query_async::<i64>(conn).await {
-            Ok(n) if n >= 1 => {}
-            Ok(_) => tracing::warn!(within = ?wait, "redis: no replica acknowledged a session write; a failover now could roll it back"),
-            Err(e) => tracing::warn!(error = %e, "redis: WAIT for a replica failed"),
+        let missing = match self.inner.connector.wants_replica_ack(conn, key).await {
+            ReplicaAck::Skip => return,
+            ReplicaAck::NoReplica => None,
+            ReplicaAck::Wait => match conn.wait_for_replica(key, wait).await {
+                Ok(n) if n >= 1 => return,
+                Ok(_) => Some("no replica acknowledged it in time".to_string()),
+                Err(e) => Some(format!("WAIT failed: {e}")),
+            },
+        };
+        let count = self.inner.replica_ack_missing.fetch_add(1, Ordering::Relaxed) + 1;
+        match missing {
+            Some(reason) => {
+                tracing::warn!(within = ?wait, %reason, unacknowledged = count, "redis: no replica has a session write; a failover now could roll it back")
+            }
+            // A master without replicas may be the operator's choice (a Cluster run without
+            // any): said once, then counted only, rather than a warning on every refresh.
+            None if !self.inner.no_replica_warned.swap(true, Ordering::Relaxed) => tracing::warn!(
+                unacknowledged = count,
+                "redis: a session write went to a master without replicas (a Cluster shard without any, or a Sentinel group whose replica is down); a failover there would lose it (said once; counted in portcullis_store_replica_ack_missing_total)"
+            ),
+            None => tracing::debug!(unacknowledged = count, "redis: session write to a master without replicas"),
         }
+    }
+
+    /// Session writes that no replica acknowledged (see `replica_ack`) since start.
+    pub fn replica_acks_missing(&self) -> u64 {
+        self.inner.replica_ack_missing.load(Ordering::Relaxed)
     }
 
     /// Runs one operation with the store timeout; a timeout is `Unavailable`, like a refusal.
@@ -379,15 +409,30 @@ impl SessionStore for RedisStore {
             let rkey = session_key(key);
             let lifetimes = self.inner.lifetimes;
             // GETEX reads and restarts the idle clock in one round trip.
-            let value: Option<Vec<u8>> =
-                redis::cmd("GETEX").arg(&rkey).arg("PX").arg(millis(lifetimes.idle)).query_async(&mut conn).await.map_err(unavailable)?;
+            let getex: Result<Option<Vec<u8>>, _> =
+                redis::cmd("GETEX").arg(&rkey).arg("PX").arg(millis(lifetimes.idle)).query_async(&mut conn).await;
+            let (value, renewed) = match getex {
+                Ok(value) => (value, true),
+                // `GETEX` is a write (it sets the TTL), so a master configured with
+                // `min-replicas-to-write` refuses it while too few replicas are connected.
+                // Refusing the request for that would turn "no replica to keep writes"
+                // into "nobody is served": read without renewing the idle clock instead.
+                // Requests whose token is valid are served; a refresh (its lease is a `SET`)
+                // is refused by the same rule, so no grant is spent whose result Redis would
+                // not keep, and those requests get a 503 with the session kept.
+                Err(e) if e.code() == Some("NOREPLICAS") => {
+                    tracing::debug!(session = %key, "redis refuses writes (min-replicas-to-write): read without renewing the idle timeout");
+                    (conn.get(&rkey).await.map_err(unavailable)?, false)
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
             let Some(mut value) = value else { return Ok(None) };
             let Some(record) = decode(key, &mut value)? else { return Ok(None) };
             let ttl = lifetimes.ttl(record.created_at, now_millis());
             if ttl.is_zero() {
                 return Ok(None);
             }
-            if ttl < lifetimes.idle {
+            if renewed && ttl < lifetimes.idle {
                 // Only in the session's last idle window: cap the key at the absolute lifetime.
                 let _: () = conn.pexpire(&rkey, millis(ttl) as i64).await.map_err(unavailable)?;
             }
@@ -424,7 +469,7 @@ impl SessionStore for RedisStore {
             if outcome == 1 {
                 // The new refresh token is in this write, and the old one is already spent at
                 // the OP: a failover that lost it would leave the session on a dead token.
-                self.replica_ack(&mut conn).await;
+                self.replica_ack(&mut conn, &session_key(key)).await;
             }
             Ok(match outcome {
                 1 => CasOutcome::Written(expected + 1),
@@ -482,7 +527,7 @@ impl SessionStore for RedisStore {
             if taken {
                 // A lease lost at a failover would let a second instance spend the same
                 // refresh token.
-                self.replica_ack(&mut conn).await;
+                self.replica_ack(&mut conn, &lease_key(key)).await;
             }
             Ok(taken)
         })

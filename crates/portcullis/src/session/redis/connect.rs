@@ -109,6 +109,42 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// `WAIT 1 <timeout>` after a write to `key`, on the connection that made the write: the
+    /// number of replicas that acknowledged it.
+    ///
+    /// `WAIT` counts the replication offset of the *connection* it is sent on, so it must go
+    /// where the write went. On one node and Sentinel that is the one connection. On a Cluster,
+    /// redis-rs routes a keyless `WAIT` to every master and answers the minimum (1.8:
+    /// `RouteBy::AllPrimaries`, `AggregateOp::Min`), which would wait on shards this session
+    /// never wrote to and report 0 as soon as any of them has no replica. It is routed to the
+    /// master of `key`'s slot instead; the cluster client keeps one multiplexed connection
+    /// per node, the one the write (a script or `SET` on `key`) just went through.
+    pub(crate) async fn wait_for_replica(&mut self, key: &str, timeout: Duration) -> Result<i64, RedisError> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(1).arg(timeout.as_millis().max(1) as u64);
+        match self {
+            Self::Node(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)));
+                Ok(redis::from_redis_value(c.route_command(cmd, route).await?)?)
+            }
+        }
+    }
+}
+
+/// What [`Connector::wants_replica_ack`] says about one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplicaAck {
+    /// The topology promotes no replica on its own: nothing to wait for.
+    Skip,
+    /// Send `WAIT` to the master that took the write.
+    Wait,
+    /// The shard has no replica now: a failover there would lose the write (unacknowledged).
+    NoReplica,
+}
+
 enum Target {
     Single(Client),
     Sentinel(Sentinel),
@@ -135,6 +171,8 @@ pub(crate) struct Connector {
     next_seed: AtomicU64,
     /// Whether `session.redis_ca_file` is set (for the hint on a certificate error).
     ca_configured: bool,
+    /// The ACL user was refused `ROLE` (see `wants_replica_ack`).
+    role_refused: std::sync::atomic::AtomicBool,
 }
 
 /// What redis-rs needs beyond its defaults for TLS: `None` when neither extra roots nor a client
@@ -232,13 +270,57 @@ impl Connector {
             connecting: tokio::sync::Mutex::new(()),
             next_seed: AtomicU64::new(0),
             ca_configured: options.ca_pem.is_some(),
+            role_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Whether writes that must survive a failover wait for a replica (`WAIT`): Sentinel is the
-    /// topology that promotes replicas on its own.
-    pub(crate) fn wants_replica_ack(&self) -> bool {
-        matches!(self.target, Target::Sentinel(_))
+    /// Whether a write to `key` that must survive a failover waits for a replica (`WAIT`).
+    ///
+    /// - One node: no. Nothing promotes a replica on its own there; an operator who fails over
+    ///   by hand chooses the moment.
+    /// - Sentinel and Cluster: when the master that took the write (on a Cluster, the master
+    ///   of `key`'s slot) has a replica connected. Both promote replicas on their own (after
+    ///   `down-after-milliseconds`, `cluster-node-timeout`), so a write no replica got is lost
+    ///   at a failover. But `WAIT 1 t` on a master without replicas does not answer 0 at
+    ///   once: it blocks for the whole `t` (measured: 300 ms for `WAIT 1 300`), which would add
+    ///   twice the ack timeout (500 ms each with the default store timeout; measured 1.1 s
+    ///   against 17 ms) to every refresh on a Cluster run without replicas, or on a Sentinel
+    ///   group whose replica is down, for an answer known in advance. So that master is asked
+    ///   first (`ROLE`, on the same connection: the one node that knows its replicas for
+    ///   sure; a slot map read from a random node was seen to lag behind). One round trip
+    ///   more, only for the lease and the refreshed tokens (a couple of writes per session per
+    ///   token lifetime). No replica is [`ReplicaAck::NoReplica`]: no `WAIT`, and the write
+    ///   counts as unacknowledged, so a Cluster shard or a Sentinel group that lost its
+    ///   replica shows in the same metric as a replica that stopped answering.
+    pub(crate) async fn wants_replica_ack(&self, conn: &mut Conn, key: &str) -> ReplicaAck {
+        let role = match (&self.target, conn) {
+            (Target::Single(_), _) => return ReplicaAck::Skip,
+            // An ACL user without `ROLE` (it is in `@admin`): WAIT as before, without asking.
+            _ if self.role_refused.load(Ordering::Relaxed) => return ReplicaAck::Wait,
+            (_, Conn::Node(c)) => redis::cmd("ROLE").query_async::<Value>(c).await,
+            (_, Conn::Cluster(c)) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)));
+                c.route_command(redis::cmd("ROLE"), route).await
+            }
+        };
+        match role {
+            // ["master", offset, [[ip, port, offset], …]]
+            Ok(Value::Array(role)) => match role.get(2) {
+                Some(Value::Array(replicas)) if replicas.is_empty() => ReplicaAck::NoReplica,
+                _ => ReplicaAck::Wait,
+            },
+            Err(e) if e.code() == Some("NOPERM") => {
+                tracing::info!("redis: the ACL user may not run ROLE; every lease and refresh waits for a replica without asking first");
+                self.role_refused.store(true, Ordering::Relaxed);
+                ReplicaAck::Wait
+            }
+            // Unknown: wait, as if it had one (bounded by the ack timeout).
+            other => {
+                tracing::debug!(answer = ?other.map(|_| ()), "redis: cannot read the master's replicas; waiting for one anyway");
+                ReplicaAck::Wait
+            }
+        }
     }
 
     /// The shared connection, made on first use (after a version check) and after a failover.
