@@ -12,6 +12,7 @@ mod redis;
 mod sealed_cookie;
 mod sealed_record;
 mod store;
+mod verified;
 
 pub use changes::{ChangeFeed, ChangeWatch};
 pub use id::{CookieCodec, SessionId, SessionKey};
