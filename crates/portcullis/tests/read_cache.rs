@@ -35,6 +35,7 @@ fn record(access_token: &str, lifetime: Duration) -> SessionRecord {
             id_token: None,
         },
         unsettled_refresh: None,
+        forward: Default::default(),
     }
 }
 

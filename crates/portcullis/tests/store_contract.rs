@@ -21,6 +21,7 @@ fn record(access_token: &str) -> SessionRecord {
             id_token: None,
         },
         unsettled_refresh: None,
+        forward: Default::default(),
     }
 }
 
@@ -337,6 +338,7 @@ fn realistic_record(generation: u32) -> (SessionRecord, Vec<String>) {
             id_token: Some(id_token.clone()),
         },
         unsettled_refresh: None,
+        forward: Default::default(),
     };
     (record, vec![access_token, refresh_token, id_token, sub.into(), email.into(), "Alice Wonderland".into()])
 }

@@ -73,6 +73,7 @@ fn expired_record() -> SessionRecord {
             id_token: None,
         },
         unsettled_refresh: None,
+        forward: Default::default(),
     }
 }
 
