@@ -157,6 +157,10 @@ impl SessionStore for Scripted {
     async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         self.load(key).await
     }
+    /// Through `load`, where this store does its scripted work.
+    fn load_for_request_now(&self, _key: &SessionKey) -> Option<Result<Option<Arc<SessionRecord>>, StoreError>> {
+        None
+    }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let delay = self.load_delays.lock().unwrap().pop_front().unwrap_or_default();
