@@ -201,7 +201,12 @@ async fn sigterm_turns_readyz_503_refuses_new_connections_and_answers_requests_i
 
 /// One request on an open HTTP/1.1 keep-alive connection; the JSON body the upstream answered.
 async fn get_on(tcp: &mut TcpStream, path: &str) -> (u16, String) {
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    get_with(tcp, path, "").await
+}
+
+/// [`get_on`] with more header lines (each ending in CRLF).
+async fn get_with(tcp: &mut TcpStream, path: &str, headers: &str) -> (u16, String) {
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -330,4 +335,28 @@ async fn sighup_with_previous_secrets_makes_old_cookies_valid() {
     let line = reload(&pair.b, 2).await;
     assert!(line.contains("refused") && line.contains("session.secret"), "{line}");
     assert_eq!(pair.call(&pair.b, "/api/still").await.status(), 200);
+}
+
+/// The gateway remembers the cookies it verified (no MAC check per request): a SIGHUP that
+/// drops the secret a cookie was signed with must still refuse it from the next request on,
+/// on the very keep-alive connection where it was verified and remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_dropping_a_previous_secret_refuses_its_cookies_on_open_connections() {
+    let pair = Pair::start_with(OpOptions { access_token_ttl: 300, ..OpOptions::default() }, "", "", OTHER_SECRET).await;
+    rewrite(&pair.b, |t| t.replace("[session]\n", &format!("[session]\nprevious_secrets = [\"{SECRET}\"]\n")));
+    assert!(reload(&pair.b, 1).await.contains("configuration reloaded"));
+    let mut tcp = TcpStream::connect(pair.b.url().trim_start_matches("http://")).await.unwrap();
+    let cookie = format!("Cookie: portcullis={}\r\n", pair.cookie);
+    for path in ["/api/one", "/api/two"] {
+        let (status, body) = get_with(&mut tcp, path, &cookie).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    rewrite(&pair.b, |t| t.replace(&format!("previous_secrets = [\"{SECRET}\"]\n"), ""));
+    let line = reload(&pair.b, 2).await;
+    assert!(line.contains("configuration reloaded") && line.contains("session.previous_secrets"), "{line}");
+    let (status, body) = get_with(&mut tcp, "/api/three", &cookie).await;
+    assert_eq!(status, 401, "a cookie of a dropped secret served: {body}");
+    assert_eq!(pair.call(&pair.b, "/api/new-connection").await.status(), 401);
+    assert_eq!(pair.call(&pair.a, "/api/a").await.status(), 200, "the session itself lives on where its secret is known");
 }

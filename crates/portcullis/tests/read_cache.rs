@@ -35,6 +35,7 @@ fn record(access_token: &str, lifetime: Duration) -> SessionRecord {
             id_token: None,
         },
         unsettled_refresh: None,
+        forward: Default::default(),
     }
 }
 
@@ -155,8 +156,14 @@ async fn pair(renew_interval: Duration) -> Pair {
     Pair { redis, proxy, a, b }
 }
 
+/// What B serves a request, read as `Authenticator::authenticate` reads it: the answer without
+/// waiting when there is one (a hit), else the awaited read.
 async fn token_at_b(b: &CachedStore<RedisStore>, key: &SessionKey) -> Option<String> {
-    b.load_for_request(key).await.unwrap().map(|r| r.tokens.access_token.clone())
+    let loaded = match b.load_for_request_now(key) {
+        Some(loaded) => loaded,
+        None => b.load_for_request(key).await,
+    };
+    loaded.unwrap().map(|r| r.tokens.access_token.clone())
 }
 
 /// Polls B until `want` is what it serves, at most `within`; returns how long it took.

@@ -41,6 +41,7 @@ fn record(i: usize) -> SessionRecord {
             id_token: Some(format!("{i:08}{}", "i".repeat(1000))),
         },
         unsettled_refresh: None,
+        forward: Default::default(),
     }
 }
 

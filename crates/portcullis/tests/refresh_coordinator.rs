@@ -103,7 +103,8 @@ async fn expired_session(op: &DevOp, oidc: &OidcClient, store: &dyn SessionStore
     let (mut tokens, identity) = login(op, oidc).await;
     tokens.issued_at = now_millis() - 60_000;
     tokens.expires_at = Some(now_millis() - 1_000);
-    let record = SessionRecord { version: 0, created_at: now_millis(), identity, tokens, unsettled_refresh: None };
+    let record =
+        SessionRecord { version: 0, created_at: now_millis(), identity, tokens, unsettled_refresh: None, forward: Default::default() };
     let id = SessionId::generate();
     store.create(&id.key(), &record).await.unwrap();
     let mut headers = http::HeaderMap::new();
@@ -155,6 +156,10 @@ impl Scripted {
 impl SessionStore for Scripted {
     async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         self.load(key).await
+    }
+    /// Through `load`, where this store does its scripted work.
+    fn load_for_request_now(&self, _key: &SessionKey) -> Option<Result<Option<Arc<SessionRecord>>, StoreError>> {
+        None
     }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {

@@ -168,12 +168,15 @@ impl Authenticator {
             return cookie_sessions.authenticate(headers).await.map_err(AuthError::Refresh);
         }
         let Some(value) = super::cookies::find(headers, &inner.cookies.session_name) else { return Ok(None) };
-        let Some(id) = inner.codec.decode(value) else {
+        let Some(key) = inner.codec.decode_key(value) else {
             tracing::info!("session cookie rejected: malformed or not signed by this gateway");
             return Ok(None);
         };
-        let key = id.key();
-        let Some(record) = inner.store.load_for_request(&key).await? else { return Ok(None) };
+        let loaded = match inner.store.load_for_request_now(&key) {
+            Some(loaded) => loaded,
+            None => inner.store.load_for_request(&key).await,
+        };
+        let Some(record) = loaded? else { return Ok(None) };
         match record.tokens.freshness(now_millis(), inner.refresh.leeway_fraction, inner.refresh.leeway_max) {
             Freshness::Fresh => Ok(Some(Session { key, record, set_cookies: Vec::new() })),
             Freshness::DueSoon if record.tokens.refresh_token.is_some() => {

@@ -194,7 +194,9 @@ impl AuthLayer {
                     return Admission::Respond(response);
                 }
                 let headers = req.headers_mut();
-                identity_headers::strip_client_identity(headers, true);
+                // The client's `Authorization` is not removed here: `set_identity` replaces it
+                // (or removes it, if the token cannot be a header value).
+                identity_headers::strip_client_identity(headers, false);
                 identity_headers::set_identity(headers, &session.record);
                 identity_headers::strip_cookie(headers, cookie_name);
                 let set_cookies = session.set_cookies.clone();

@@ -235,7 +235,8 @@ impl Authenticator {
                 return Failure::unavailable("session_store_unavailable", STORE_DOWN).respond(kind);
             }
         }
-        let record = SessionRecord { version: 1, created_at: now_millis(), identity, tokens, unsettled_refresh: None };
+        let record =
+            SessionRecord { version: 1, created_at: now_millis(), identity, tokens, unsettled_refresh: None, forward: Default::default() };
         let user = record.identity.user.clone();
         let set_cookies = match &inner.cookie_sessions {
             Some(cookie_sessions) => match cookie_sessions.issue(record, headers) {

@@ -20,6 +20,10 @@ impl SessionStore for PanicOnce {
     async fn load_for_request(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         self.load(key).await
     }
+    /// Through `load`, where this store does its scripted work.
+    fn load_for_request_now(&self, _key: &SessionKey) -> Option<Result<Option<Arc<SessionRecord>>, StoreError>> {
+        None
+    }
 
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         if self.armed.swap(false, Ordering::SeqCst) {
@@ -73,6 +77,7 @@ fn expired_record() -> SessionRecord {
             id_token: None,
         },
         unsettled_refresh: None,
+        forward: Default::default(),
     }
 }
 

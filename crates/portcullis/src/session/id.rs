@@ -4,6 +4,7 @@ use std::{fmt, sync::Arc};
 
 use arc_swap::ArcSwap;
 
+use super::verified::VerifiedCookies;
 use crate::crypto::{self, MacKey};
 
 /// The bearer secret in the session cookie: 256 random bits. Never logged, never stored as is.
@@ -20,7 +21,9 @@ pub struct SessionId([u8; 32]);
 /// session are the same key, and the sealing key never reaches a log line or a serialized form.
 #[derive(Clone)]
 pub struct SessionKey {
-    text: String,
+    /// Shared: a key is cloned into every map, log field and task that names its session, and
+    /// out of the verified-cookie cache on every request.
+    text: Arc<str>,
     /// The id itself, kept only to derive the sealing key when a store asks for it: the hash
     /// costs ~2,000 instructions, and the memory store (the default) never needs it, so it is not
     /// paid on every request.
@@ -47,7 +50,7 @@ impl SessionId {
 
     /// The store key of this session, carrying the key that seals its record.
     pub fn key(&self) -> SessionKey {
-        SessionKey { text: self.store_key_text(), id: Some(self.0) }
+        SessionKey { text: self.store_key_text().into(), id: Some(self.0) }
     }
 
     /// The store key's text alone (what `key` computed before records were sealed).
@@ -66,7 +69,7 @@ impl SessionKey {
     /// A key as a store spelled it (e.g. in a change notification's channel name): good for
     /// matching watchers, not for reading or writing the record (it has no sealing key).
     pub(crate) fn from_stored(text: &str) -> Self {
-        Self { text: text.to_string(), id: None }
+        Self { text: text.into(), id: None }
     }
 
     /// The key as text (URL-safe base64, 24 characters).
@@ -134,7 +137,7 @@ impl serde::Serialize for SessionKey {
 impl<'de> serde::Deserialize<'de> for SessionKey {
     /// Like [`SessionKey::from_stored`]: text in, no sealing key.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Self { text: String::deserialize(deserializer)?, id: None })
+        Ok(Self { text: String::deserialize(deserializer)?.into(), id: None })
     }
 }
 
@@ -162,25 +165,35 @@ impl fmt::Debug for SealingKey {
 /// Cookies are signed with the current `session.secret`; those signed with one of
 /// `session.previous_secrets` still decode, so a secret rotation logs nobody out. The keys are
 /// swappable ([`CookieCodec::set_secrets`], a SIGHUP reload), shared by every clone.
+///
+/// [`CookieCodec::decode_key`] remembers the values it verified (`verified.rs`): a browser's
+/// next request with the same cookie costs a hash lookup, not a MAC check and a SHA-256.
 #[derive(Clone)]
 pub struct CookieCodec {
-    /// MAC keys, the current secret's first.
-    macs: Arc<ArcSwap<Vec<MacKey>>>,
+    keys: Arc<ArcSwap<Keys>>,
+}
+
+/// One set of MAC keys and what was verified with them: swapped together, so a cookie verified
+/// under keys that are gone is forgotten with them.
+struct Keys {
+    /// The current secret's first.
+    macs: Vec<MacKey>,
+    verified: VerifiedCookies,
 }
 
 impl fmt::Debug for CookieCodec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CookieCodec({} keys)", self.macs.load().len())
+        write!(f, "CookieCodec({} keys)", self.keys.load().macs.len())
     }
 }
 
 /// Version tag of the cookie format, so the format can change without misreading old cookies.
 const COOKIE_FORMAT: &str = "v1";
 
-fn mac_keys<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Vec<MacKey> {
-    let keys: Vec<MacKey> = secrets.into_iter().map(|s| MacKey::derive(s, "portcullis/session-cookie/v1")).collect();
-    assert!(!keys.is_empty(), "at least one session secret");
-    keys
+fn keys<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Keys {
+    let macs: Vec<MacKey> = secrets.into_iter().map(|s| MacKey::derive(s, "portcullis/session-cookie/v1")).collect();
+    assert!(!macs.is_empty(), "at least one session secret");
+    Keys { macs, verified: VerifiedCookies::new() }
 }
 
 impl CookieCodec {
@@ -191,30 +204,56 @@ impl CookieCodec {
 
     /// A codec signing with the first of `secrets` and accepting any of them.
     pub fn with_secrets<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        Self { macs: Arc::new(ArcSwap::from_pointee(mac_keys(secrets))) }
+        Self { keys: Arc::new(ArcSwap::from_pointee(keys(secrets))) }
     }
 
-    /// Replaces the keys (current first) for every cookie encoded or decoded from now on.
+    /// Replaces the keys (current first) for every cookie encoded or decoded from now on, and
+    /// forgets every cookie verified with the old ones (even those the new set still accepts:
+    /// one MAC check each, once, rather than reasoning about which survived).
     pub fn set_secrets<'a>(&self, secrets: impl IntoIterator<Item = &'a [u8]>) {
-        self.macs.store(Arc::new(mac_keys(secrets)));
+        self.keys.store(Arc::new(keys(secrets)));
     }
 
     /// `v1.<id>.<mac>`, all URL-safe base64.
     pub fn encode(&self, id: &SessionId) -> String {
-        let tag = self.macs.load()[0].sign(&id.0);
+        let tag = self.keys.load().macs[0].sign(&id.0);
         format!("{COOKIE_FORMAT}.{}.{}", crypto::b64(&id.0), crypto::b64(&tag))
     }
 
     /// The id in a cookie value, or `None` for anything malformed or not signed by us.
     pub fn decode(&self, value: &str) -> Option<SessionId> {
-        let mut parts = value.split('.');
-        let (Some(COOKIE_FORMAT), Some(id), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return None;
-        };
-        let id: [u8; 32] = crypto::b64_decode(id)?.try_into().ok()?;
-        let tag = crypto::b64_decode(tag)?;
-        self.macs.load().iter().any(|mac| mac.verify(&id, &tag)).then_some(SessionId(id))
+        open(&self.keys.load().macs, value)
     }
+
+    /// The store key of the session a cookie value names, or `None` for anything malformed or
+    /// not signed by us: [`CookieCodec::decode`] then [`SessionId::key`], remembered for the
+    /// next request carrying the same value (only values whose MAC verified are remembered).
+    pub fn decode_key(&self, value: &str) -> Option<SessionKey> {
+        let keys = self.keys.load();
+        if let Some(key) = keys.verified.get(value) {
+            return Some(key);
+        }
+        let key = open(&keys.macs, value)?.key();
+        keys.verified.insert(value, &key);
+        Some(key)
+    }
+
+    /// Cookie values remembered as verified, for tests.
+    #[cfg(test)]
+    fn verified_len(&self) -> usize {
+        self.keys.load().verified.len()
+    }
+}
+
+/// The id in `value` if one of `macs` signed it.
+fn open(macs: &[MacKey], value: &str) -> Option<SessionId> {
+    let mut parts = value.split('.');
+    let (Some(COOKIE_FORMAT), Some(id), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let id: [u8; 32] = crypto::b64_decode(id)?.try_into().ok()?;
+    let tag = crypto::b64_decode(tag)?;
+    macs.iter().any(|mac| mac.verify(&id, &tag)).then_some(SessionId(id))
 }
 
 #[cfg(test)]
@@ -240,6 +279,42 @@ mod tests {
         assert_eq!(CookieCodec::new(new).decode(&clone.encode(&id)), Some(id.clone()), "signed with the current secret");
         codec.set_secrets([new]);
         assert_eq!(clone.decode(&old_cookie), None, "a secret dropped from the list stops opening");
+    }
+
+    /// `decode_key` remembers a verified cookie; a rotation that drops the secret that signed
+    /// it refuses it from then on, although it was remembered (through a clone, as the auth
+    /// layer's is); nothing that fails the MAC check is ever remembered.
+    #[test]
+    fn verified_cookies_are_forgotten_with_their_keys_and_forgeries_never_enter() {
+        let (old, new) = (b"0123456789abcdef0123456789abcdef".as_slice(), b"fedcba9876543210fedcba9876543210".as_slice());
+        let id = SessionId::generate();
+        let old_cookie = CookieCodec::new(old).encode(&id);
+        let codec = CookieCodec::with_secrets([new, old]);
+        let clone = codec.clone();
+        assert_eq!(clone.decode_key(&old_cookie), Some(id.key()));
+        assert_eq!(codec.verified_len(), 1, "remembered, for every clone");
+        let again = clone.decode_key(&old_cookie).expect("still valid");
+        assert_eq!(again.sealing_key().unwrap().material(), id.key().sealing_key().unwrap().material());
+        assert_eq!(codec.verified_len(), 1);
+
+        codec.set_secrets([new]);
+        assert_eq!(clone.decode_key(&old_cookie), None, "the old secret is gone: its cookie goes, remembered or not");
+        assert_eq!(codec.verified_len(), 0);
+
+        let good = codec.encode(&id);
+        let mut flipped = good.clone().into_bytes();
+        let i = flipped.len() - 3;
+        flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let foreign = CookieCodec::new(b"another secret that is long enough!!").encode(&id);
+        for forged in [flipped.as_str(), &foreign, &old_cookie, "v1.x.y", &format!("{good}.extra")] {
+            for _ in 0..2 {
+                assert_eq!(codec.decode_key(forged), None, "accepted {forged:?}");
+            }
+        }
+        assert_eq!(codec.verified_len(), 0, "a forged cookie was remembered");
+        assert_eq!(codec.decode_key(&good), Some(id.key()));
+        assert_eq!(codec.verified_len(), 1);
     }
 
     #[test]

@@ -45,6 +45,15 @@ impl SessionStore for InstrumentedStore {
         self.timed(StoreOp::LoadForRequest, self.inner.load_for_request(key)).await
     }
 
+    /// Observed as the `load_for_request` it stands for; a `None` is observed by the awaited
+    /// call that follows, so every request's read is counted once.
+    fn load_for_request_now(&self, key: &SessionKey) -> Option<Result<Option<Arc<SessionRecord>>, StoreError>> {
+        let started = Instant::now();
+        let result = self.inner.load_for_request_now(key)?;
+        self.metrics.observe(StoreOp::LoadForRequest, started.elapsed(), result.as_ref().err());
+        Some(result)
+    }
+
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
         self.timed(StoreOp::Create, self.inner.create(key, record)).await
     }

@@ -72,6 +72,22 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// `load` without the future: nothing here waits.
+    fn load_now(&self, key: &SessionKey) -> Option<Arc<SessionRecord>> {
+        let now = now_millis();
+        let sessions = read(&self.inner.sessions);
+        let entry = sessions.get(key)?;
+        if entry.expires_at.load(Ordering::Relaxed) <= now {
+            return None;
+        }
+        let ttl = self.inner.lifetimes.ttl(entry.record.created_at, now);
+        if ttl.is_zero() {
+            return None;
+        }
+        entry.expires_at.store(now + ttl.as_millis() as u64, Ordering::Relaxed);
+        Some(entry.record.clone())
+    }
 }
 
 async fn sweep(inner: Weak<Inner>) {
@@ -101,19 +117,12 @@ impl SessionStore for MemoryStore {
         self.load(key).await
     }
 
+    fn load_for_request_now(&self, key: &SessionKey) -> Option<Result<Option<Arc<SessionRecord>>, StoreError>> {
+        Some(Ok(self.load_now(key)))
+    }
+
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        let now = now_millis();
-        let sessions = read(&self.inner.sessions);
-        let Some(entry) = sessions.get(key) else { return Ok(None) };
-        if entry.expires_at.load(Ordering::Relaxed) <= now {
-            return Ok(None);
-        }
-        let ttl = self.inner.lifetimes.ttl(entry.record.created_at, now);
-        if ttl.is_zero() {
-            return Ok(None);
-        }
-        entry.expires_at.store(now + ttl.as_millis() as u64, Ordering::Relaxed);
-        Ok(Some(entry.record.clone()))
+        Ok(self.load_now(key))
     }
 
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@
 //! **Architecture invariant:** only `redis.rs` talks to Redis; `record.rs` and `id.rs` do no I/O.
 
 mod changes;
+mod forward_headers;
 mod id;
 mod instrumented;
 mod memory;
@@ -12,8 +13,10 @@ mod redis;
 mod sealed_cookie;
 mod sealed_record;
 mod store;
+mod verified;
 
 pub use changes::{ChangeFeed, ChangeWatch};
+pub use forward_headers::{ForwardHeaders, ForwardValues};
 pub use id::{CookieCodec, SessionId, SessionKey};
 pub use instrumented::InstrumentedStore;
 pub use memory::MemoryStore;

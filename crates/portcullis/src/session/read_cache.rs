@@ -361,6 +361,15 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         Ok(loaded)
     }
 
+    /// A hit, counted as one; anything else (no live feed, a miss) is left to
+    /// `load_for_request`, which checks and counts again.
+    fn load_for_request_now(&self, key: &SessionKey) -> Option<Result<Option<Arc<SessionRecord>>, StoreError>> {
+        let state = &self.state;
+        let record = state.hit(key, state.feed.live_epoch()?)?;
+        state.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Ok(Some(record)))
+    }
+
     async fn create(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
         let result = self.inner.create(key, record).await;
         self.state.invalidate(key);

@@ -30,6 +30,11 @@ pub struct SessionRecord {
     /// refresh token. See ARCHITECTURE.md, "Token requests with an unknown outcome".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsettled_refresh: Option<UnsettledRefresh>,
+    /// The header values requests are forwarded with, built from the fields above by the first
+    /// request that forwards this record ([`SessionRecord::forward_values`]). Not data: never
+    /// stored, and empty in a clone. `Default::default()` when making a record.
+    #[serde(skip)]
+    pub forward: super::ForwardHeaders,
 }
 
 /// A refresh whose outcome is unknown.

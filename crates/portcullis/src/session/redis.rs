@@ -401,6 +401,11 @@ impl SessionStore for RedisStore {
         self.load(key).await
     }
 
+    /// Every read is a round trip.
+    fn load_for_request_now(&self, _key: &SessionKey) -> Option<Result<Option<Arc<SessionRecord>>, StoreError>> {
+        None
+    }
+
     async fn load(&self, key: &SessionKey) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         if !key.can_seal() {
             return Err(StoreError::NoSealingKey);

@@ -158,6 +158,7 @@ mod tests {
                     id_token: Some("i".repeat(token_len)),
                 },
                 unsettled_refresh: None,
+                forward: Default::default(),
             },
         }
     }

@@ -120,6 +120,7 @@ mod tests {
                 id_token: None,
             },
             unsettled_refresh: None,
+            forward: Default::default(),
         }
     }
 
