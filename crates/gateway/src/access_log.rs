@@ -28,6 +28,7 @@ use std::{
 };
 
 use axum::response::Response;
+use futures_util::FutureExt as _;
 use http::{HeaderName, HeaderValue, Request};
 use portcullis::{auth::Caller, config::Config, config::RouteConfig};
 
@@ -77,14 +78,14 @@ impl AccessLog {
             Line { note, method: req.method().clone(), endpoint, id, peer, started: Instant::now(), status: None }
         });
         let answer = self.gateway.serve_unboxed(req, peer_info);
-        async move {
-            let mut response = answer.await;
+        // `map`, not an async block: see the service in `server/connections.rs`.
+        answer.map(move |mut response| {
             response.headers_mut().insert(X_REQUEST_ID, value);
             if let Some(line) = &mut line {
                 line.status = Some(response.status().as_u16());
             }
             response
-        }
+        })
     }
 }
 
