@@ -382,30 +382,64 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// One of [`HOP_BY_HOP`], by a match on the name (the array is a `const` of `HeaderName`s:
 /// each use builds and drops it, which per header cost more than the check).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    )
+    hop_by_hop_index(name.as_str()).is_some()
+}
+
+/// [`HOP_BY_HOP`] as text.
+const HOP_BY_HOP_NAMES: [&str; 8] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// The position of a (lowercase) name in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-authenticate" => 2,
+        "proxy-authorization" => 3,
+        "te" => 4,
+        "trailer" => 5,
+        "transfer-encoding" => 6,
+        "upgrade" => 7,
+        _ => return None,
+    })
 }
 
 /// Removes the hop-by-hop headers of an upstream response and those its `Connection` names.
 /// Most upstreams send `Connection: keep-alive` and nothing else of the kind: one scan of the
-/// names finds what to remove, without a removal per hop-by-hop name or a `HeaderName` made
-/// from each `Connection` token.
+/// names finds which hop-by-hop headers are there, the `Connection` tokens are read once, and
+/// only what is present is removed (a removal per hop-by-hop name, and a token tested against
+/// every header, cost ~2,000 instructions per response).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let connection = headers.get_all(header::CONNECTION);
-    let nominates = connection.iter().next().is_some();
-    let named = |name: &HeaderName| {
-        nominates
-            && connection
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-    };
-    let doomed: Vec<HeaderName> = headers.keys().filter(|name| is_hop_by_hop(name) || named(name)).cloned().collect();
-    for name in &doomed {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        // No `Connection` header either, so nothing is named.
+        return;
+    }
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & 1 != 0 {
+        let tokens = headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
+        for token in tokens {
+            // Hop-by-hop names are removed below anyway; `close` and the like name no header.
+            if token.is_empty() || HOP_BY_HOP_NAMES.iter().any(|h| h.eq_ignore_ascii_case(token)) {
+                continue;
+            }
+            if let Some(name) = headers.keys().find(|k| k.as_str().eq_ignore_ascii_case(token)) {
+                named.push(name.clone());
+            }
+        }
+    }
+    for name in &named {
         headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -440,8 +474,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop, , close".parse().unwrap());
+        h.append(header::CONNECTION, "x-other-hop".parse().unwrap());
         h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("x-other-hop", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
@@ -451,8 +487,9 @@ mod tests {
 
     #[test]
     fn the_hop_by_hop_match_is_the_list() {
-        for name in &HOP_BY_HOP {
-            assert!(is_hop_by_hop(name), "{name}");
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+            assert_eq!(HOP_BY_HOP_NAMES[i], name.as_str());
         }
         for name in [header::HOST, header::CONTENT_LENGTH, header::COOKIE, HeaderName::from_static("x-te")] {
             assert!(!is_hop_by_hop(&name), "{name}");
