@@ -135,7 +135,7 @@ pub(super) enum UpstreamError {
     #[error(transparent)]
     Http(#[from] hyper::Error),
     /// No response head within the route's `response_header_timeout` (counted from the request
-    /// handed to a connection, or from the end of its body).
+    /// handed to the pool, or from the end of its body).
     #[error("no response head in time")]
     HeadTimeout,
 }
@@ -255,10 +255,11 @@ async fn connect(upstream: &Upstream<'_>) -> Result<Box<Conn>, UpstreamError> {
     Ok(Box::new(Conn { sender, driver, head_timer }))
 }
 
-/// The response-head clock of one request: it starts when the request is handed to a
-/// connection (`started`) or, for a request with a body, when the body has been sent whole
-/// (`body_sent`, from the proxy's body watcher; an error or a dropped body starts it too), as
-/// Go's `ResponseHeaderTimeout` does: a slow upload is not a slow upstream.
+/// The response-head clock of one request: it starts when the proxy hands the request to the
+/// pool (`started`: before a connection is checked out or made) or, for a request with a
+/// body, when the body has been sent whole (`body_sent`, from the proxy's body watcher; an
+/// error or a dropped body starts it too), as Go's `ResponseHeaderTimeout` does: a slow
+/// upload is not a slow upstream.
 pub(super) struct HeadClock {
     pub(super) timeout: Duration,
     /// When the request was handed over (the proxy's clock read for the metrics, reused).
