@@ -20,7 +20,6 @@
 use std::{
     future::Future,
     net::IpAddr,
-    pin::Pin,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -29,6 +28,7 @@ use std::{
 };
 
 use axum::response::Response;
+use futures_util::FutureExt as _;
 use http::{HeaderName, HeaderValue, Request};
 use portcullis::{auth::Caller, config::Config, config::RouteConfig};
 
@@ -56,28 +56,31 @@ impl AccessLog {
     }
 
     /// Answers one request: the id decided and set, the gateway's answer, the id returned,
-    /// the line logged.
-    /// Boxed once here (the gateway's own future is not: see [`Gateway::serve`]).
-    pub(crate) fn serve<B>(&self, mut req: Request<B>, peer_info: Option<&Peer>) -> Pin<Box<dyn Future<Output = Response> + Send>>
+    /// the line logged. Not boxed: the gateway boxes the large part of its future itself (see
+    /// [`Gateway::serve_unboxed`]), and what is left here is small enough to move.
+    pub(crate) fn serve<B>(&self, mut req: Request<B>, peer_info: Option<&Peer>) -> impl Future<Output = Response> + Send + use<B>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let started = Instant::now();
         let peer = peer_info.map(|p| p.ip);
         let id = RequestId::for_request(&req, peer.is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(&ip))));
-        req.headers_mut().insert(X_REQUEST_ID, id.header_value());
-        // Only when the line will be written: the note costs an allocation per request.
+        // One value for both messages: the response's copy is a reference-count increment,
+        // not a second allocation and validation.
+        let value = id.header_value();
+        req.headers_mut().insert(X_REQUEST_ID, value.clone());
+        // Only when the line will be written: the note costs an allocation per request, the
+        // start a clock read.
         let mut line = tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| {
             let note = Arc::new(RequestNote::default());
             req.extensions_mut().insert(note.clone());
             let endpoint = endpoint_label(req.uri().path());
-            Line { note, method: req.method().clone(), endpoint, id: id.clone(), peer, started, status: None }
+            Line { note, method: req.method().clone(), endpoint, id, peer, started: Instant::now(), status: None }
         });
         let answer = self.gateway.serve_unboxed(req, peer_info);
-        Box::pin(async move {
-            let mut response = answer.await;
-            response.headers_mut().insert(X_REQUEST_ID, id.header_value());
+        // `map`, not an async block: see the service in `server/connections.rs`.
+        answer.map(move |mut response| {
+            response.headers_mut().insert(X_REQUEST_ID, value);
             if let Some(line) = &mut line {
                 line.status = Some(response.status().as_u16());
             }
@@ -178,17 +181,20 @@ impl RequestId {
     /// do not collide) and a counter. Not a secret and not meant to be unguessable: an id says
     /// which log lines belong together, nothing more.
     pub(crate) fn generate() -> Self {
-        static PREFIX: OnceLock<u64> = OnceLock::new();
+        // The prefix's digits, written once per process.
+        static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let prefix = *PREFIX.get_or_init(|| {
+        let prefix = PREFIX.get_or_init(|| {
             let mut seed = [0u8; 8];
             // A failed draw only costs uniqueness across instances, never correctness here.
             let _ = aws_lc_rs::rand::fill(&mut seed);
-            u64::from_le_bytes(seed)
+            let mut digits = [0u8; 16];
+            hex(u64::from_le_bytes(seed), &mut digits);
+            digits
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 32];
-        hex(prefix, &mut id[..16]);
+        id[..16].copy_from_slice(prefix);
         hex(n, &mut id[16..]);
         Self::Generated(id)
     }

@@ -88,9 +88,7 @@ impl Gateway {
     }
 
     /// Answers one request from `peer` (`None`: in-process callers without a socket). The
-    /// boundary runs at once; the returned future does the rest. Boxed: the whole proxy path
-    /// is one state machine of kilobytes, which hyper's dispatcher would otherwise copy each
-    /// time it moves the future (measured under callgrind: ~28,000 instructions per request).
+    /// boundary runs at once; the returned future does the rest.
     #[allow(dead_code)]
     pub(crate) fn serve<B>(&self, req: Request<B>, peer: Option<&Peer>) -> Pin<Box<dyn Future<Output = Response> + Send>>
     where
@@ -100,9 +98,14 @@ impl Gateway {
         Box::pin(self.serve_unboxed(req, peer))
     }
 
-    /// [`Gateway::serve`] without the box, for a caller that boxes its own future around it
-    /// (the access log): one allocation per request, not two.
-    pub(crate) fn serve_unboxed<B>(&self, mut req: Request<B>, peer: Option<&Peer>) -> impl Future<Output = Response> + Send + 'static
+    /// [`Gateway::serve`] without the outer box, for a caller that wraps the future in its own
+    /// (the access log). The proxy path's state machine (route, auth, proxy: kilobytes) is
+    /// boxed where it is made, so the futures around it stay small: each of them is moved by
+    /// value a few times (into the access log's future, into hyper's dispatcher), and a move
+    /// copies the whole state machine. Unboxed in hyper's dispatcher it cost ~28,000
+    /// instructions per request; boxed one level up (around the access log's future) the
+    /// copies still cost ~1,500 (callgrind, BENCHMARKS.md).
+    pub(crate) fn serve_unboxed<B>(&self, mut req: Request<B>, peer: Option<&Peer>) -> impl Future<Output = Response> + Send + use<B>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -123,7 +126,7 @@ impl Gateway {
                     Err(never) => match never {},
                 }
             } else {
-                parts.proxied.serve(req.map(Body::new)).await
+                Box::pin(parts.proxied.serve(req.map(Body::new))).await
             }
         }
     }

@@ -105,6 +105,32 @@ async fn response_head_timeout_gives_504() {
     assert!(started.elapsed() < Duration::from_secs(7), "answered after {:?}", started.elapsed());
 }
 
+/// The response-head clock is kept with the pooled upstream connection and reset for each
+/// request: a request on a reused connection gets the route's whole timeout from its own start
+/// (not what was left of the previous request's), also after the clock ran out while the
+/// connection was idle, and a connection whose request timed out is not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_clock_restarts_for_each_request_on_a_reused_connection() {
+    let (s, _dead, _silent) = setup().await;
+    let http = reqwest::Client::new();
+    let get = |ms: u64| http.get(s.url(&format!("/slow?ms={ms}"))).header("accept", JSON).send();
+    // Back to back, each 1.5 s of the route's 2 s: the second and third start before the first
+    // one's deadline and end after it.
+    for i in 0..3 {
+        let r = get(1500).await.unwrap();
+        assert_eq!(r.status(), 200, "request {i} was cut short by an earlier request's clock");
+    }
+    // Idle past the last deadline (the connection's timer fires with nobody waiting), then served.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(1500).await.unwrap().status(), 200, "after an idle spell");
+    let started = Instant::now();
+    assert_eq!(get(8000).await.unwrap().status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(7), "answered after {:?}", started.elapsed());
+    // The late answer of the timed-out request is never read as the next one's.
+    let r = get(100).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_response_clock_starts_when_the_body_is_sent() {
     let (s, _dead, _silent) = setup().await;
