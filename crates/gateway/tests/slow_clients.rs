@@ -8,6 +8,8 @@
 //! | trickles a head, one byte every 150 ms             | closed after `header_read_timeout` (total)     |
 //! | idle after a response (keep-alive)                 | closed after `keep_alive_timeout`, not before  |
 //! | a response slower than `keep_alive_timeout`        | completes (in flight is not idle)              |
+//! | stops reading a large response                     | closed after `send_timeout` (upstream dropped) |
+//! | reads a large response slowly but steadily         | gets all of it                                 |
 //! | request head above `max_header_bytes`              | `431` (HTTP/1: and closed; HTTP/2: the stream) |
 //! | connection `max_connections + 1`                   | not served until another closes                |
 //! | HTTP/2 prior knowledge                             | served; SETTINGS advertise the stream limit    |
@@ -155,6 +157,69 @@ async fn idle_keep_alive_connections_close_after_keep_alive_timeout() {
     get_ok(&mut tcp, "/healthz").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     get_ok(&mut tcp, "/healthz").await;
+}
+
+/// Sends `GET /big?mb=<mb>` and returns the stream, nothing read yet.
+async fn download(gateway: &Gateway, mb: usize) -> TcpStream {
+    let mut tcp = connect(gateway).await;
+    tcp.write_all(format!("GET /big?mb={mb} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Reads until EOF or reset, at most `limit`; the bytes read, and whether the end came.
+async fn read_to_end(tcp: &mut TcpStream, limit: Duration) -> (usize, bool) {
+    let mut total = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return (total, false),
+            Ok(Ok(0) | Err(_)) => return (total, true),
+            Ok(Ok(n)) => total += n,
+        }
+    }
+}
+
+/// A client that asks for 64 MiB and reads nothing: once the socket buffers are full the
+/// gateway's write makes no progress, and after `send_timeout` the connection is closed. Read
+/// afterwards, the stream ends early (what was buffered, then EOF or reset). Without the send
+/// clock the whole body would still come, and the keep-alive connection would stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_send_timeout() {
+    let (gateway, _upstream) = gateway("send_timeout = \"1s\"").await;
+    let mut tcp = download(&gateway, 64).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (read, ended) = read_to_end(&mut tcp, Duration::from_secs(20)).await;
+    assert!(ended, "the connection ended ({read} bytes read)");
+    assert!(read < 64 * 1024 * 1024, "the body was cut off: {read} bytes read");
+    assert!(gateway.log_text().contains("expiry=Send"), "the close is logged with its reason:\n{}", gateway.log_text());
+}
+
+/// A client that reads a large response slowly but without stopping (64 KiB every 100 ms,
+/// slower than the socket buffers fill, each pause shorter than `send_timeout`) gets all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_gets_the_whole_response() {
+    let (gateway, _upstream) = gateway("send_timeout = \"1s\"").await;
+    let mut tcp = download(&gateway, 2).await;
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    let want = 2 * 1024 * 1024;
+    while total < want + 64 && started.elapsed() < Duration::from_secs(30) {
+        match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => total += n,
+        }
+        // Stop once the head and the whole body are in.
+        if total >= want {
+            let (rest, _) = read_to_end(&mut tcp, Duration::from_millis(200)).await;
+            total += rest;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(total > want, "the whole body came: {total} bytes of {want} + head in {:?}", started.elapsed());
+    assert!(started.elapsed() > Duration::from_secs(1), "the read took longer than send_timeout: {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,6 +136,12 @@ pub struct ServerConfig {
     /// is answered 408 and the upstream request aborted (nginx's `client_body_timeout`).
     #[serde(default = "default_client_body_timeout", with = "humantime_serde")]
     pub client_body_timeout: Duration,
+    /// A response write to the client must make progress (the client reads some bytes) at least
+    /// this often, or the connection is closed and the upstream request dropped (nginx's
+    /// `send_timeout`): a client that stops reading cannot hold a connection, an upstream
+    /// connection and buffered bytes forever.
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Largest request head (request line and headers) accepted, in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -166,6 +172,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             keep_alive_timeout: default_keep_alive_timeout(),
             client_body_timeout: default_client_body_timeout(),
+            send_timeout: default_send_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
             h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
@@ -654,6 +661,9 @@ fn default_header_read_timeout() -> Duration {
 fn default_client_body_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_keep_alive_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -808,6 +818,9 @@ impl Config {
                 "server.header_read_timeout",
                 "server.header_read_timeout and server.keep_alive_timeout must be above zero",
             ));
+        }
+        if server.send_timeout.is_zero() {
+            return Err(invalid("server.send_timeout", "must be above zero"));
         }
         if server.max_header_bytes < 8192 {
             return Err(invalid("server.max_header_bytes", "must be at least 8192"));

@@ -62,6 +62,7 @@ impl Upstream {
             .route("/ws", any(echo_upgrade))
             .route("/slow", any(slow))
             .route("/first-chunk", any(first_chunk))
+            .route("/big", any(big))
             .fallback(any(record))
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -166,6 +167,14 @@ async fn stream() -> Response {
         Ok::<_, std::io::Error>(bytes::Bytes::from(format!("chunk{i}\n")))
     });
     Response::new(Body::from_stream(chunks))
+}
+
+/// `/big?mb=N`: N MiB of zeros in 64 KiB chunks, with a `content-length` (a download).
+async fn big(req: Request) -> Response {
+    let mb: usize = req.uri().query().and_then(|q| q.strip_prefix("mb=")).and_then(|v| v.parse().ok()).unwrap_or(1);
+    let chunk = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+    let chunks = futures_util::stream::iter(std::iter::repeat_n(chunk, mb * 16).map(Ok::<_, std::io::Error>));
+    Response::builder().header(header::CONTENT_LENGTH, mb * 1024 * 1024).body(Body::from_stream(chunks)).unwrap()
 }
 
 /// `/slow?ms=N`: the response head comes after N ms (then the request is recorded).

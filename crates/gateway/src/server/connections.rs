@@ -32,7 +32,7 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, Wake, Waker},
     time::Duration,
@@ -71,7 +71,8 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let builder = Arc::new(builder(limits));
-    let clocks = ClockSettings { header_read: limits.header_read_timeout, keep_alive: limits.keep_alive_timeout };
+    let clocks =
+        ClockSettings { header_read: limits.header_read_timeout, keep_alive: limits.keep_alive_timeout, send: limits.send_timeout };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -199,7 +200,8 @@ async fn connection(
             expiry = Gated::new(clock.expired()), if grace.is_none() => {
                 // HTTP/1 past its head clock: a slow or stalled client, dropped at once (hyper's
                 // graceful shutdown would wait for the head it is still reading).
-                if closing || (expiry == Expiry::Head && !clock.is_h2()) {
+                // A client that stopped reading gets no goodbye it would not read either.
+                if closing || expiry == Expiry::Send || (expiry == Expiry::Head && !clock.is_h2()) {
                     tracing::debug!(%peer, ?expiry, "closing the connection: its clock ran out");
                     break;
                 }
@@ -226,13 +228,14 @@ async fn connection(
 struct ClockSettings {
     header_read: Duration,
     keep_alive: Duration,
+    send: Duration,
 }
 
 impl ClockSettings {
     /// How often an idle or busy connection looks at its clock: a limit is enforced at most
     /// this late. 10 ms at least, so a tiny test timeout does not spin.
     fn tick(&self) -> Duration {
-        (self.header_read.min(self.keep_alive) / 4).max(Duration::from_millis(10))
+        (self.header_read.min(self.keep_alive).min(self.send) / 4).max(Duration::from_millis(10))
     }
 }
 
@@ -244,6 +247,8 @@ enum Expiry {
     Head,
     /// No request for `keep_alive_timeout` after the last response.
     Idle,
+    /// A write to the client made no progress for `send_timeout`: the client stopped reading.
+    Send,
 }
 
 /// The per-connection clock: in flight (no limit here: bodies and upstream time have their own),
@@ -270,6 +275,11 @@ enum Expiry {
 struct Clock {
     settings: ClockSettings,
     state: Mutex<ClockState>,
+    /// Since when a write to the client has been blocked (the socket's buffer full: the client
+    /// does not read), in milliseconds after `epoch` plus one; 0 while writes get through. An
+    /// atomic beside the mutex: every write touches it, and only a blocked one writes it.
+    write_blocked_since: AtomicU64,
+    epoch: Instant,
 }
 
 struct ClockState {
@@ -282,7 +292,43 @@ struct ClockState {
 impl Clock {
     fn new(settings: ClockSettings) -> Self {
         let now = Instant::now();
-        Self { settings, state: Mutex::new(ClockState { in_flight: 0, h2: false, head_since: Some(now), idle_since: now }) }
+        Self {
+            settings,
+            state: Mutex::new(ClockState { in_flight: 0, h2: false, head_since: Some(now), idle_since: now }),
+            write_blocked_since: AtomicU64::new(0),
+            epoch: now,
+        }
+    }
+
+    /// A write to the client could not take a byte.
+    fn write_blocked(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) == 0 {
+            let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+            self.write_blocked_since.store(since, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.write_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.write_progressed(),
+            Poll::Ready(_) => {}
+        }
+    }
+
+    /// A write to the client took bytes.
+    fn write_progressed(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When the blocked write, if any, runs out of `send_timeout`.
+    fn send_deadline(&self) -> Option<Instant> {
+        match self.write_blocked_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.epoch + Duration::from_millis(since - 1) + self.settings.send),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
@@ -324,14 +370,22 @@ impl Clock {
     }
 
     fn deadline(&self) -> Option<(Instant, Expiry)> {
+        // A blocked write counts in flight and idle alike: the last bytes of a response may
+        // still sit in the connection's buffer after its body ended.
+        let send = self.send_deadline().map(|at| (at, Expiry::Send));
         let state = self.state();
-        if state.in_flight > 0 {
-            return None;
+        let other = if state.in_flight > 0 {
+            None
+        } else {
+            Some(match state.head_since {
+                Some(since) => (since + self.settings.header_read, Expiry::Head),
+                None => (state.idle_since + self.settings.keep_alive, Expiry::Idle),
+            })
+        };
+        match (send, other) {
+            (Some(send), Some(other)) => Some(if send.0 <= other.0 { send } else { other }),
+            (send, other) => send.or(other),
         }
-        Some(match state.head_since {
-            Some(since) => (since + self.settings.header_read, Expiry::Head),
-            None => (state.idle_since + self.settings.keep_alive, Expiry::Idle),
-        })
     }
 
     /// Resolves once the connection has passed its current deadline, checked every tick.
@@ -457,11 +511,15 @@ impl AsyncRead for Metered {
 
 impl AsyncWrite for Metered {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.clock.wrote(&polled);
+        polled
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.clock.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
