@@ -55,7 +55,7 @@ pub(crate) struct Proxy {
 /// boundary (`client_headers`) has already removed these and every header `Connection` named,
 /// before the gateway set its own; the proxy does not read `Connection` on requests, so a
 /// client can never make it remove what the auth layer set.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -64,6 +64,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // Not in RFC 9110's list, but old clients and proxies send it as `Connection`'s twin; the
+    // boundary already drops it from requests, and a response must not pass it on either.
+    HeaderName::from_static("proxy-connection"),
 ];
 
 impl Proxy {
@@ -386,8 +389,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// [`HOP_BY_HOP`] as text.
-const HOP_BY_HOP_NAMES: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
 
 /// The position of a (lowercase) name in [`HOP_BY_HOP`].
 fn hop_by_hop_index(name: &str) -> Option<usize> {
@@ -400,6 +412,7 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
         "trailer" => 5,
         "transfer-encoding" => 6,
         "upgrade" => 7,
+        "proxy-connection" => 8,
         _ => return None,
     })
 }
@@ -410,7 +423,7 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
 /// only what is present is removed (a removal per hop-by-hop name, and a token tested against
 /// every header, cost ~2,000 instructions per response).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u8;
+    let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = hop_by_hop_index(name.as_str()) {
             present |= 1 << i;
@@ -480,6 +493,7 @@ mod tests {
         h.insert("x-other-hop", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-kept"]);
