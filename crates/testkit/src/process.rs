@@ -3,13 +3,35 @@
 use std::{
     net::{SocketAddr, TcpListener},
     path::PathBuf,
-    sync::Once,
+    sync::{
+        Once,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
-/// A port nobody listens on right now.
+/// Where [`free_port`] picks from: below Linux's ephemeral range (32768–60999), which is where
+/// every `bind(…:0)` of the tests' own servers (upstreams, the OP) and every outgoing
+/// connection's source port come from. A port taken from the ephemeral range and released was
+/// free for the OS to hand to the next `:0` bind of a test running in parallel, before the
+/// process meant to use it had bound it: that process then failed to start while the other
+/// test's server answered on its port (seen: a login that reached another test's upstream).
+const PICK_FROM: u32 = 10_000;
+const PICK_SPAN: u32 = 22_000;
+
+/// A port nobody listens on right now, never handed out twice by this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    // A start that differs per process, so that test binaries run one after another (whose
+    // children may linger a moment) do not walk the same sequence.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id().wrapping_mul(7919) % PICK_SPAN, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..PICK_SPAN {
+        let port = (PICK_FROM + NEXT.fetch_add(1, Ordering::Relaxed) % PICK_SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PICK_FROM}..{}", PICK_FROM + PICK_SPAN)
 }
 
 /// The workspace root.
