@@ -21,7 +21,7 @@ use portcullis_testkit::{
     SENTINEL_USER, SecureRedis, TestCerts, TopologyOptions, Upstream, free_port,
 };
 
-use common::BIN;
+use common::{BIN, traffic::outage_windows};
 
 const REFRESH: &str = "\n[refresh]\nlease_ttl = \"1s\"\nmax_wait = \"15s\"\npoll_interval = \"200ms\"\n";
 
@@ -230,36 +230,14 @@ async fn sentinel_one_grant_per_expiry() {
 /// One request every 20 ms, round-robin over the instances, timestamped.
 async fn traffic(c: &Instances, stop: &tokio::sync::watch::Receiver<bool>) -> Vec<(Duration, u16, String)> {
     let http = reqwest::Client::new();
-    let start = Instant::now();
-    let mut results = Vec::new();
-    let mut i = 0;
-    while !*stop.borrow() {
-        let (status, _, body) = c.get(&http, i % 3, &format!("/api/traffic/{i}")).await;
-        results.push((start.elapsed(), status, body));
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    results
-}
-
-/// The windows of non-200 answers: (first failure, first 200 after it) pairs.
-fn outage_windows(results: &[(Duration, u16, String)]) -> Vec<(Duration, Duration)> {
-    let mut windows = Vec::new();
-    let mut open: Option<Duration> = None;
-    for (t, status, _) in results {
-        match (*status == 200, open) {
-            (false, None) => open = Some(*t),
-            (true, Some(from)) => {
-                windows.push((from, *t));
-                open = None;
-            }
-            _ => {}
+    let get = |i: usize| {
+        let http = http.clone();
+        async move {
+            let (status, _, body) = c.get(&http, i % 3, &format!("/api/traffic/{i}")).await;
+            (status, body)
         }
-    }
-    if let Some(from) = open {
-        windows.push((from, Duration::MAX));
-    }
-    windows
+    };
+    common::traffic::traffic(get, stop).await
 }
 
 /// Two failovers under traffic, with tokens expiring throughout (3 s lifetime, rotation on):

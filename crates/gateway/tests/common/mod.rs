@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod traffic;
+
 use portcullis_testkit::{Browser, Gateway, GatewayOptions, Hop, Op, OpOptions, Redis, Upstream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
